@@ -1,0 +1,43 @@
+# SPDX-License-Identifier: GPL-2.0-only
+#
+# The user's entry point. Kbuild reads Kbuild, not this file, once the driver is in a tree.
+#
+#   make test          install what is missing, build, run KUnit and the VM tests
+#   make run           the demo: bind a device to vfio-pci-rs in the VM and open it
+#   make vm CMD='...'  boot the test VM and run CMD as root
+#   make kernel        install the driver into the tree and build it
+#   make install KDIR=/path/to/linux-7.3   place the driver into your own tree
+#   make check         rustfmt, clippy and checkpatch
+#
+# KDIR=/path uses your own 7.3 tree instead of the cached one.
+
+SHELL := /bin/bash
+export KDIR
+
+.PHONY: all deps kernel install client test run vm check kunit clean-cache
+
+all: kernel
+
+deps:
+	@scripts/deps.sh
+
+kernel: deps
+	@scripts/kernel.sh
+
+install:
+	@scripts/install-tree.sh $(KDIR)
+
+client: deps
+	@scripts/client.sh
+
+test:
+	@scripts/test.sh
+
+run: kernel client
+	@scripts/vm.sh 'bash tests/guest/demo.sh'
+
+vm: kernel client
+	@scripts/vm.sh '$(CMD)'
+
+check: kernel
+	@scripts/check.sh

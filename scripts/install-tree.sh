@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Place the driver and its kernel-crate abstractions into a Linux 7.3 tree, idempotently.
+#
+#   scripts/install-tree.sh [KDIR]
+#
+# - tree/ mirrors the kernel tree: new files are copied to the same path, and
+#   tree/linux.patch makes the few edits to existing files (Kconfig source, Makefile obj-,
+#   rust/kernel/lib.rs, bindings and uapi helpers, rust/helpers/helpers.c, pci.rs, ...).
+# - The driver (Kconfig, Kbuild, *.rs at the repository root) goes to
+#   drivers/vfio/pci/rust/.
+# Files are only written when their content changes, so an unchanged tree rebuilds nothing.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+. "$here/common.sh"
+[ $# -ge 1 ] && KDIR=$1
+
+[ -f "$KDIR/Makefile" ] || die "$KDIR is not a kernel tree"
+version=$(make -s -C "$KDIR" kernelversion)
+case "$version" in
+7.3|7.3.*) ;;
+*) die "$KDIR is Linux $version; vfio-pci-rs needs a 7.3.x tree" ;;
+esac
+
+# Copy $1 to $2 unless identical (keeps mtimes, so make rebuilds only what changed).
+place() {
+	mkdir -p "$(dirname "$2")"
+	cmp -s "$1" "$2" || cp "$1" "$2"
+}
+
+# The edits to existing files. The applied copy is kept in the tree, so a newer
+# patch replaces an older one cleanly.
+patch_file=$REPO/tree/linux.patch
+applied=$KDIR/.vfio-pci-rs.patch
+if ! cmp -s "$patch_file" "$applied" 2>/dev/null; then
+	if [ -f "$applied" ]; then
+		log "install: reverting the previously applied tree patch"
+		patch -d "$KDIR" -p1 -R -s -f --no-backup-if-mismatch < "$applied" ||
+			die "cannot revert $applied"
+		rm -f "$applied"
+	fi
+	if patch -d "$KDIR" -p1 -R --dry-run -s -f < "$patch_file" >/dev/null 2>&1; then
+		log "install: tree patch already applied"
+	else
+		patch -d "$KDIR" -p1 --dry-run -s -f < "$patch_file" >/dev/null ||
+			die "tree/linux.patch does not apply to $KDIR"
+		log "install: applying tree/linux.patch"
+		patch -d "$KDIR" -p1 -s -f --no-backup-if-mismatch < "$patch_file"
+	fi
+	cp "$patch_file" "$applied"
+fi
+
+# New files of the kernel crate and helpers.
+(cd "$REPO/tree" && find rust -type f) | while read -r f; do
+	place "$REPO/tree/$f" "$KDIR/$f"
+done
+
+# The driver.
+dst=$KDIR/drivers/vfio/pci/rust
+mkdir -p "$dst"
+for f in "$REPO"/Kconfig "$REPO"/Kbuild "$REPO"/*.rs; do
+	place "$f" "$dst/$(basename "$f")"
+done
+# Driver files removed from the repository leave the tree too.
+for f in "$dst"/*.rs; do
+	[ -e "$REPO/$(basename "$f")" ] || rm -f "$f"
+done

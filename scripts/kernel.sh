@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Get a Linux 7.3 tree into the cache (or use KDIR=), install the driver into it,
+# configure it for the project and build it. Incremental: a driver-only change
+# rebuilds the module and little else.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+. "$here/common.sh"
+
+FRAGMENT=$REPO/config/vfio-pci-rs.config
+MAKE=(make -C "$KDIR" LLVM=-19 -j"$(nproc)")
+
+if [ -z "$KDIR_USER" ] && [ ! -f "$KDIR/Makefile" ]; then
+	tarball=$CACHE/src/linux-source-7.3.tar.xz
+	[ -f "$tarball" ] || die "missing $tarball (run scripts/deps.sh)"
+	log "kernel: unpacking $(basename "$tarball") into $KDIR"
+	rm -rf "$KDIR.tmp"
+	mkdir -p "$KDIR.tmp"
+	tar -xJf "$tarball" -C "$KDIR.tmp" --strip-components=1
+	mv "$KDIR.tmp" "$KDIR"
+fi
+
+"$here/install-tree.sh" "$KDIR"
+
+# Configure: virtme-ng's config plus the fragment, once per fragment version.
+stamp=$KDIR/.vfio-pci-rs.config-stamp
+want=$(sha256sum "$FRAGMENT" | cut -d' ' -f1)
+if [ ! -f "$KDIR/.config" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+	log "kernel: configuring (vng --kconfig + config/vfio-pci-rs.config)"
+	(cd "$KDIR" && vng --kconfig >/dev/null 2>&1)
+	(cd "$KDIR" && scripts/kconfig/merge_config.sh -m .config "$FRAGMENT" >/dev/null)
+	"${MAKE[@]}" -s olddefconfig
+	echo "$want" > "$stamp"
+else
+	"${MAKE[@]}" -s olddefconfig
+fi
+
+# Every symbol of the fragment must have taken.
+bad=0
+while read -r line; do
+	case "$line" in
+	CONFIG_*=*) sym=${line%%=*}; val=${line#*=} ;;
+	"# CONFIG_"*" is not set") sym=${line#\# }; sym=${sym%% *}; val=n ;;
+	*) continue ;;
+	esac
+	got=$(grep -E "^$sym=" "$KDIR/.config" | cut -d= -f2- || true)
+	[ -n "$got" ] || got=n
+	if [ "$got" != "$val" ]; then
+		log "kernel: config $sym=$got, the fragment wants $val"
+		bad=1
+	fi
+done < "$FRAGMENT"
+[ "$bad" = 0 ] || die "config fragment did not take"
+
+"${MAKE[@]}" rustavailable >/dev/null || die "Rust is not available for this tree"
+
+log "kernel: building"
+start=$SECONDS
+"${MAKE[@]}" > "$CACHE/build.log" 2>&1 || { tail -n 60 "$CACHE/build.log"; die "kernel build failed (log: $CACHE/build.log)"; }
+if grep -E -A4 "^warning" "$CACHE/build.log" | grep -qE "drivers/vfio/pci/rust/|rust/kernel/(vfio|pci)|rust/helpers/pci_state"; then
+	grep -E -A8 "^warning" "$CACHE/build.log" >&2
+	die "the build warns in vfio-pci-rs code"
+fi
+log "kernel: built in $((SECONDS - start)) s"

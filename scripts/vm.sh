@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Boot the test VM with the built kernel and run a command in it as root.
+#
+#   scripts/vm.sh 'command ...'
+#
+# The guest sees the host's filesystem (virtme-ng), has the project's device set (see
+# README.md), nothing bound to either vfio driver, and both modules loadable. The command's
+# output is printed as it runs; the script exits with the command's status.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+. "$here/common.sh"
+
+[ $# -ge 1 ] || die "usage: scripts/vm.sh 'command'"
+[ -f "$KDIR/arch/x86/boot/bzImage" ] || die "no kernel built in $KDIR (run make kernel)"
+
+VM_TIMEOUT=${VM_TIMEOUT:-3600}
+VM_MEMORY=${VM_MEMORY:-2G}
+
+out=$(mktemp -d "$CACHE/vm-run.XXXXXX")
+trap 'rm -rf "$out"' EXIT
+printf '%s\n' "$*" > "$out/cmd"
+: > "$out/output"
+
+# ivshmem backing files: 1 GiB each, sparse, shared with the host.
+mkdir -p "$CACHE/vm"
+for i in 1 2; do
+	f=$CACHE/vm/ivshmem$i
+	[ "$(stat -c %s "$f" 2>/dev/null || echo 0)" = 1073741824 ] || truncate -s 1G "$f"
+done
+
+# The device set: twins of each type, each alone behind its own PCIe root port (so it has a
+# slot or bus reset of its own), plus two pci-testdevs sharing a conventional PCI bus behind
+# a pcie-pci-bridge (the mixed-driver bus). Root ports sit at 00:10.0-00:1a.0, so the guest
+# numbers their buses 01-0b and the bridge's bus 0c.
+dev=(-device "intel-iommu,intremap=on")
+port() { dev+=(-device "pcie-root-port,id=rp$1,bus=pcie.0,chassis=$1,addr=$2"); }
+n=1
+for spec in "edu" "edu" \
+	"ivshmem-plain,memdev=ivshmem1" "ivshmem-plain,memdev=ivshmem2" \
+	"pci-testdev" "pci-testdev" \
+	"igb" "igb" \
+	"VGA" "VGA"; do
+	port $n "$(printf '0x%x' $((0x0f + n)))"
+	dev+=(-device "$spec,bus=rp$n,addr=0.0")
+	n=$((n + 1))
+done
+port $n "$(printf '0x%x' $((0x0f + n)))"
+dev+=(-device "pcie-pci-bridge,id=br0,bus=rp$n,addr=0.0")
+dev+=(-device "pci-testdev,bus=br0,addr=1.0" -device "pci-testdev,bus=br0,addr=2.0")
+for i in 1 2; do
+	dev+=(-object "memory-backend-file,id=ivshmem$i,share=on,mem-path=$CACHE/vm/ivshmem$i,size=1G")
+done
+
+qemu_opts="-machine q35 ${dev[*]}"
+
+tail -n +1 -f "$out/output" &
+tail_pid=$!
+
+set +e
+(cd "$KDIR" && timeout "$VM_TIMEOUT" vng --disable-kvm --disable-microvm --verbose \
+	--memory "$VM_MEMORY" --cpus 2 \
+	--append "intel_iommu=on iommu=pt" \
+	--qemu-opts="$qemu_opts" \
+	--rwdir="$out" \
+	--exec "bash $here/guest-exec.sh $out") > "$out/console.log" 2>&1
+vng_status=$?
+set -e
+sleep 1
+kill "$tail_pid" 2>/dev/null || true
+wait "$tail_pid" 2>/dev/null || true
+
+if [ ! -f "$out/status" ]; then
+	log "vm: the command did not finish (vng exit $vng_status); console tail:"
+	tail -n 80 "$out/console.log" >&2
+	exit 1
+fi
+exit "$(cat "$out/status")"

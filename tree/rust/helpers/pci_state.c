@@ -1,0 +1,25 @@
+// SPDX-License-Identifier: GPL-2.0
+
+#include <linux/pci.h>
+
+__rust_helper bool rust_helper_pci_is_root_bus(struct pci_bus *pbus)
+{
+	return pci_is_root_bus(pbus);
+}
+
+__rust_helper struct pci_dev *rust_helper_pci_upstream_bridge(struct pci_dev *dev)
+{
+	return pci_upstream_bridge(dev);
+}
+
+__rust_helper struct pci_dev *rust_helper_pci_physfn(struct pci_dev *dev)
+{
+	return pci_physfn(dev);
+}
+
+#ifndef CONFIG_PCI_IOV
+__rust_helper int rust_helper_pci_num_vf(struct pci_dev *dev)
+{
+	return pci_num_vf(dev);
+}
+#endif

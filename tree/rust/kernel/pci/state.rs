@@ -1,0 +1,216 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Enable state, power state, saved config state and resets of a bound PCI function.
+//!
+//! These are the operations a driver that hands a function to userspace (VFIO) performs when
+//! the function is opened and closed.
+//!
+//! C header: [`include/linux/pci.h`](srctree/include/linux/pci.h)
+
+use super::Device;
+use crate::{
+    bindings, device,
+    error::to_result,
+    prelude::*,
+};
+use core::ptr::NonNull;
+
+/// A PCI power state (`pci_power_t`).
+#[derive(Copy, Clone, Debug, Eq, PartialEq)]
+#[repr(i32)]
+pub enum PowerState {
+    // The `PCI_D*` macros are `__force` casts that bindgen does not evaluate.
+    /// Fully on.
+    D0 = 0,
+    /// Light sleep.
+    D1 = 1,
+    /// Deeper sleep.
+    D2 = 2,
+    /// Software-visible off state.
+    D3Hot = 3,
+}
+
+/// A function's config state stored by `pci_store_saved_state()`.
+///
+/// # Invariants
+///
+/// `ptr` was returned by `pci_store_saved_state()` and is owned by `self`.
+pub struct SavedState {
+    ptr: NonNull<bindings::pci_saved_state>,
+}
+
+// SAFETY: A saved state is a plain heap buffer, not tied to a thread.
+unsafe impl Send for SavedState {}
+// SAFETY: `&SavedState` gives no access to the buffer.
+unsafe impl Sync for SavedState {}
+
+impl Drop for SavedState {
+    fn drop(&mut self) {
+        // SAFETY: By the type invariant, `ptr` is an owned `kmalloc()` buffer.
+        unsafe { bindings::kfree(self.ptr.as_ptr().cast()) };
+    }
+}
+
+/// The device lock of a PCI function, taken with `pci_dev_trylock()`.
+///
+/// # Invariants
+///
+/// The lock of `pdev` is held and released on drop.
+pub struct DeviceLockGuard<'a> {
+    pdev: &'a Device,
+}
+
+impl DeviceLockGuard<'_> {
+    /// Resets the function with its lock held (`__pci_reset_function_locked()`).
+    pub fn reset_function(&self) -> Result {
+        // SAFETY: By the type invariant the device lock is held.
+        to_result(unsafe { bindings::__pci_reset_function_locked(self.pdev.as_raw()) })
+    }
+}
+
+impl Drop for DeviceLockGuard<'_> {
+    fn drop(&mut self) {
+        // SAFETY: By the type invariant the lock is held by us.
+        unsafe { bindings::pci_dev_unlock(self.pdev.as_raw()) };
+    }
+}
+
+impl Device {
+    /// Tries to take the function's device lock (`pci_dev_trylock()`).
+    pub fn try_lock(&self) -> Option<DeviceLockGuard<'_>> {
+        // SAFETY: `self.as_raw()` is a valid `pci_dev`.
+        if unsafe { bindings::pci_dev_trylock(self.as_raw()) } != 0 {
+            // INVARIANT: The lock was just taken.
+            Some(DeviceLockGuard { pdev: self })
+        } else {
+            None
+        }
+    }
+
+    /// Returns the bridge upstream of this function, if any (`pci_upstream_bridge()`).
+    pub fn upstream_bridge(&self) -> Option<&Device> {
+        // SAFETY: `self.as_raw()` is a valid `pci_dev`.
+        let bridge = unsafe { bindings::pci_upstream_bridge(self.as_raw()) };
+        // SAFETY: The upstream bridge of a function outlives the function.
+        NonNull::new(bridge).map(|p| unsafe { &*p.as_ptr().cast::<Device>() })
+    }
+
+    /// Returns the physical function of an SR-IOV VF, or the function itself (`pci_physfn()`).
+    pub fn physfn(&self) -> &Device {
+        // SAFETY: `self.as_raw()` is a valid `pci_dev`; a VF's PF outlives the VF.
+        unsafe { &*bindings::pci_physfn(self.as_raw()).cast::<Device>() }
+    }
+
+    /// Returns `true` for a function on a root bus.
+    pub fn is_on_root_bus(&self) -> bool {
+        // SAFETY: `self.as_raw()` is a valid `pci_dev` with a valid `bus`.
+        unsafe { bindings::pci_is_root_bus((*self.as_raw()).bus) }
+    }
+
+    /// Returns `true` for an SR-IOV virtual function.
+    pub fn is_virtfn(&self) -> bool {
+        // SAFETY: `self.as_raw()` is a valid `pci_dev`.
+        unsafe { (*self.as_raw()).is_virtfn() != 0 }
+    }
+
+    /// Returns the header type (`PCI_HEADER_TYPE_*`) of the function.
+    pub fn header_type(&self) -> u8 {
+        // SAFETY: `self.as_raw()` is a valid `pci_dev`.
+        unsafe { (*self.as_raw()).hdr_type }
+    }
+
+    /// Returns the number of enabled SR-IOV VFs (`pci_num_vf()`).
+    pub fn num_vf(&self) -> u32 {
+        // SAFETY: `self.as_raw()` is a valid `pci_dev`.
+        let n = unsafe { bindings::pci_num_vf(self.as_raw()) };
+        n.try_into().unwrap_or(0)
+    }
+
+    /// Reads a dword of the PCI Express capability (`pcie_capability_read_dword()`).
+    ///
+    /// Registers the function does not implement read as zero, as in C.
+    pub fn pcie_capability_read_dword(&self, pos: u16) -> u32 {
+        let mut val = 0u32;
+        // SAFETY: `self.as_raw()` is a valid `pci_dev` and `val` is a valid output.
+        unsafe { bindings::pcie_capability_read_dword(self.as_raw(), pos.into(), &mut val) };
+        val
+    }
+    /// Tries to let the function issue AtomicOps of `cap_mask` (`PCI_EXP_DEVCAP2_ATOMIC_*`)
+    /// towards the root port (`pci_enable_atomic_ops_to_root()`).
+    ///
+    /// vfio-pci calls this on the PF of a VF it drives, which is not bound to it.
+    pub fn enable_atomic_ops_to_root(&self, cap_mask: u32) -> Result {
+        // SAFETY: `self.as_raw()` is a valid `pci_dev`; the call only reads the upstream path
+        // and sets the AtomicOp Requester Enable bit under the PCI core's locking.
+        to_result(unsafe { bindings::pci_enable_atomic_ops_to_root(self.as_raw(), cap_mask) })
+    }
+}
+
+impl Device<device::Bound> {
+    /// Enables I/O and memory decoding and wakes the function (`pci_enable_device()`).
+    ///
+    /// Every successful call must be balanced by [`Device::disable_device`].
+    pub fn enable_device(&self) -> Result {
+        // SAFETY: `self.as_raw()` is a valid `pci_dev` bound to the caller's driver.
+        to_result(unsafe { bindings::pci_enable_device(self.as_raw()) })
+    }
+
+    /// Drops one enable of [`Device::enable_device`] (`pci_disable_device()`).
+    pub fn disable_device(&self) {
+        // SAFETY: `self.as_raw()` is a valid `pci_dev` bound to the caller's driver.
+        unsafe { bindings::pci_disable_device(self.as_raw()) };
+    }
+
+    /// Disables bus mastering (`pci_clear_master()`).
+    pub fn clear_master(&self) {
+        // SAFETY: `self.as_raw()` is a valid `pci_dev` bound to the caller's driver.
+        unsafe { bindings::pci_clear_master(self.as_raw()) };
+    }
+
+    /// Sets the power state (`pci_set_power_state()`).
+    pub fn set_power_state(&self, state: PowerState) -> Result {
+        // SAFETY: `self.as_raw()` is a valid `pci_dev` bound to the caller's driver.
+        to_result(unsafe { bindings::pci_set_power_state(self.as_raw(), state as i32) })
+    }
+
+    /// Resets the function if its lock can be taken (`pci_try_reset_function()`).
+    ///
+    /// Fails with `EAGAIN` if the device lock is contended.
+    pub fn try_reset_function(&self) -> Result {
+        // SAFETY: `self.as_raw()` is a valid `pci_dev` bound to the caller's driver.
+        to_result(unsafe { bindings::pci_try_reset_function(self.as_raw()) })
+    }
+
+    /// Saves the config state into the device (`pci_save_state()`).
+    pub fn save_state(&self) {
+        // SAFETY: `self.as_raw()` is a valid `pci_dev` bound to the caller's driver.
+        unsafe { bindings::pci_save_state(self.as_raw()) };
+    }
+
+    /// Restores the config state saved in the device (`pci_restore_state()`).
+    pub fn restore_state(&self) {
+        // SAFETY: `self.as_raw()` is a valid `pci_dev` bound to the caller's driver.
+        unsafe { bindings::pci_restore_state(self.as_raw()) };
+    }
+
+    /// Copies the state saved in the device out (`pci_store_saved_state()`).
+    pub fn store_saved_state(&self) -> Option<SavedState> {
+        // SAFETY: `self.as_raw()` is a valid `pci_dev` bound to the caller's driver.
+        let ptr = unsafe { bindings::pci_store_saved_state(self.as_raw()) };
+        // INVARIANT: A non-null result is a buffer now owned by the `SavedState`.
+        NonNull::new(ptr).map(|ptr| SavedState { ptr })
+    }
+
+    /// Loads `state` back into the device, to be applied by [`Device::restore_state`]
+    /// (`pci_load_and_free_saved_state()`); with `None` the device forgets its saved state.
+    pub fn load_saved_state(&self, state: Option<SavedState>) -> Result {
+        let mut ptr = state.map_or(core::ptr::null_mut(), |state| {
+            let ptr = state.ptr.as_ptr();
+            core::mem::forget(state);
+            ptr
+        });
+        // SAFETY: `self.as_raw()` is a valid `pci_dev` bound to the caller's driver; `ptr` is
+        // null or an owned saved state, which the call frees.
+        to_result(unsafe { bindings::pci_load_and_free_saved_state(self.as_raw(), &mut ptr) })
+    }
+}

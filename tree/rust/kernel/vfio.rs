@@ -1,0 +1,448 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! VFIO device abstractions.
+//!
+//! A VFIO driver hands a device to userspace through `/dev/vfio/<group>` and
+//! `/dev/vfio/devices/vfioX`. The VFIO core (in C) owns the character devices, the group and
+//! iommufd plumbing and the device set; a driver provides a [`struct vfio_device_ops`].
+//!
+//! [`Device<T>`] is a `#[repr(C)]` wrapper of [`struct vfio_device`] allocated by
+//! `_vfio_alloc_device()`, with a vtable built from the [`Driver`] trait. [`Registration`] makes
+//! it visible to userspace and is owned by devres, so the device is unregistered (waiting for
+//! every user to close it) no later than when its parent driver unbinds.
+//!
+//! C header: [`include/linux/vfio.h`](srctree/include/linux/vfio.h)
+//!
+//! [`struct vfio_device_ops`]: srctree/include/linux/vfio.h
+//! [`struct vfio_device`]: srctree/include/linux/vfio.h
+
+use crate::{
+    bindings, device, devres,
+    error::{from_err_ptr, from_result, to_result},
+    ffi::{c_int, c_long, c_uint, c_ulong, c_void},
+    ioctl::_IO,
+    pci,
+    prelude::*,
+    sync::aref::{ARef, AlwaysRefCounted},
+    transmute::{AsBytes, FromBytes},
+    types::Opaque,
+    uaccess::{UserPtr, UserSlice},
+};
+use core::{alloc::Layout, marker::PhantomData, mem::size_of, ptr::NonNull};
+
+/// Size of the `offset` field's region index shift used by vfio-pci (`VFIO_PCI_OFFSET_SHIFT`).
+pub const PCI_OFFSET_SHIFT: u32 = 40;
+
+const VFIO_TYPE: u32 = b';' as u32;
+const VFIO_BASE: u32 = 100;
+
+/// `VFIO_DEVICE_GET_INFO`: `struct vfio_device_info`.
+pub const DEVICE_GET_INFO: u32 = _IO(VFIO_TYPE, VFIO_BASE + 7);
+/// `VFIO_DEVICE_GET_REGION_INFO`: `struct vfio_region_info`.
+pub const DEVICE_GET_REGION_INFO: u32 = _IO(VFIO_TYPE, VFIO_BASE + 8);
+/// `VFIO_DEVICE_GET_IRQ_INFO`: `struct vfio_irq_info`.
+pub const DEVICE_GET_IRQ_INFO: u32 = _IO(VFIO_TYPE, VFIO_BASE + 9);
+/// `VFIO_DEVICE_SET_IRQS`: `struct vfio_irq_set`.
+pub const DEVICE_SET_IRQS: u32 = _IO(VFIO_TYPE, VFIO_BASE + 10);
+/// `VFIO_DEVICE_RESET`.
+pub const DEVICE_RESET: u32 = _IO(VFIO_TYPE, VFIO_BASE + 11);
+/// `VFIO_DEVICE_GET_PCI_HOT_RESET_INFO`: `struct vfio_pci_hot_reset_info`.
+pub const DEVICE_GET_PCI_HOT_RESET_INFO: u32 = _IO(VFIO_TYPE, VFIO_BASE + 12);
+/// `VFIO_DEVICE_PCI_HOT_RESET`: `struct vfio_pci_hot_reset`.
+pub const DEVICE_PCI_HOT_RESET: u32 = _IO(VFIO_TYPE, VFIO_BASE + 13);
+/// `VFIO_DEVICE_IOEVENTFD`: `struct vfio_device_ioeventfd`.
+pub const DEVICE_IOEVENTFD: u32 = _IO(VFIO_TYPE, VFIO_BASE + 16);
+
+/// The operations of a VFIO device driver.
+///
+/// Callbacks are only invoked while the device is registered, that is while the
+/// [`Registration`] exists, and so while the parent device is bound to the driver.
+pub trait Driver: Sized + Send + Sync + 'static {
+    /// The driver's per-device state, owned by the [`Registration`].
+    type Data: Send + Sync + 'static;
+
+    /// The name of the device ops (`vfio_device_ops.name`), e.g. for SR-IOV sequestering.
+    const NAME: &'static CStr;
+
+    /// The first user opened the device (`open_device`); called under the device set lock.
+    fn open_device(device: &Device<Self>, data: Pin<&Self::Data>) -> Result;
+
+    /// The last user closed the device (`close_device`); called under the device set lock.
+    fn close_device(device: &Device<Self>, data: Pin<&Self::Data>);
+
+    /// An ioctl on the device file that the VFIO core does not handle itself.
+    fn ioctl(device: &Device<Self>, data: Pin<&Self::Data>, cmd: u32, arg: UserPtr)
+        -> Result<isize>;
+}
+
+/// A VFIO device: a [`struct vfio_device`] allocated by the VFIO core.
+///
+/// `#[repr(C)]` with the `vfio_device` at offset 0, as `vfio_alloc_device()` requires.
+///
+/// # Invariants
+///
+/// - `vdev` is embedded at offset 0 and was initialised by `_vfio_alloc_device()` with the ops
+///   of [`VTable<T>`].
+/// - The reference count of `vdev.device` owns the allocation.
+/// - `data` is null, or points to the `T::Data` of the live [`Registration`] of this device; it
+///   is only written before `vfio_register_group_dev()` and after
+///   `vfio_unregister_group_dev()`.
+///
+/// [`struct vfio_device`]: srctree/include/linux/vfio.h
+#[repr(C)]
+pub struct Device<T: Driver> {
+    vdev: Opaque<bindings::vfio_device>,
+    data: Opaque<*const T::Data>,
+}
+
+impl<T: Driver> Device<T> {
+    /// Allocates a VFIO device whose parent is `parent`.
+    pub fn new(parent: &device::Device<device::Bound>) -> Result<ARef<Self>> {
+        const_assert!(
+            core::mem::offset_of!(Self, vdev) == 0,
+            "struct vfio_device must be at offset 0"
+        );
+
+        let size = Layout::new::<Self>().pad_to_align().size();
+        let ops = core::ptr::from_ref(&VTable::<T>::VTABLE);
+
+        // SAFETY: `parent` is a valid, bound device; `ops` points to a static vtable whose
+        // callbacks expect a `Device<T>`, and `size` covers `Device<T>`.
+        let raw = from_err_ptr(unsafe { bindings::_vfio_alloc_device(size, parent.as_raw(), ops) })?;
+
+        // CAST: `vfio_device` is at offset 0 of the zeroed `Device<T>` allocation, so `data`
+        // starts out null.
+        let this = NonNull::new(raw.cast::<Self>()).ok_or(ENOMEM)?;
+
+        // SAFETY: `_vfio_alloc_device()` returned the initial reference, which we now own.
+        Ok(unsafe { ARef::from_raw(this) })
+    }
+
+    fn as_raw(&self) -> *mut bindings::vfio_device {
+        self.vdev.get()
+    }
+
+    /// Borrows a [`Device<T>`] from the `vfio_device` pointer the VFIO core passes to the ops.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` must point to the `vfio_device` of a live [`Device<T>`].
+    unsafe fn from_raw<'a>(ptr: *mut bindings::vfio_device) -> &'a Self {
+        // SAFETY: By the safety requirements, `ptr` is at offset 0 of a live `Device<T>`.
+        unsafe { &*ptr.cast() }
+    }
+
+    /// Calls `f` with the registration data.
+    ///
+    /// # Safety
+    ///
+    /// Must only be called from a VFIO callback, while the device is registered.
+    unsafe fn with_data<R>(&self, f: impl FnOnce(Pin<&T::Data>) -> R) -> R {
+        // SAFETY: Callbacks only run between `vfio_register_group_dev()` and the return of
+        // `vfio_unregister_group_dev()`, while `data` points to the pinned data owned by the
+        // `Registration`.
+        let data = unsafe { Pin::new_unchecked(&**self.data.get()) };
+        f(data)
+    }
+
+    /// Returns the parent device, bound to the driver.
+    ///
+    /// Only reachable from a callback, which only runs while the device is registered and thus
+    /// while the parent is bound (the registration is devres-managed).
+    pub fn parent(&self) -> &device::Device<device::Bound> {
+        // SAFETY: `dev` was set by `_vfio_alloc_device()` to the parent device, which the
+        // `vfio_device` holds a reference on.
+        let dev = unsafe { (*self.as_raw()).dev };
+        // SAFETY: `&Device<T>` is only handed out to callbacks, which only run while the
+        // devres-owned `Registration` exists, i.e. while the parent is bound.
+        unsafe { device::Device::from_raw(dev) }
+    }
+
+    /// Returns the number of the device's character device, the `X` of `/dev/vfio/devices/vfioX`.
+    pub fn index(&self) -> u32 {
+        // SAFETY: `index` is set at allocation and never changes.
+        unsafe { (*self.as_raw()).index }
+    }
+}
+
+impl<T: Driver> AsRef<device::Device> for Device<T> {
+    fn as_ref(&self) -> &device::Device {
+        // SAFETY: `self` holds a live `vfio_device`, whose `device` is initialised.
+        let dev = unsafe { &raw mut (*self.as_raw()).device };
+        // SAFETY: The embedded device is valid for the lifetime of `self`.
+        unsafe { device::Device::from_raw(dev) }
+    }
+}
+
+// SAFETY: The reference count is that of the embedded `struct device`; `vfio_put_device()` is
+// `put_device(&vdev->device)`, whose release callback frees the allocation.
+unsafe impl<T: Driver> AlwaysRefCounted for Device<T> {
+    fn inc_ref(&self) {
+        // SAFETY: `self` holds a reference, so the count is non-zero.
+        unsafe { bindings::get_device(&raw mut (*self.as_raw()).device) };
+    }
+
+    unsafe fn dec_ref(obj: NonNull<Self>) {
+        // SAFETY: The caller owns a reference.
+        unsafe { bindings::put_device(&raw mut (*obj.as_ptr().cast::<bindings::vfio_device>()).device) };
+    }
+}
+
+// SAFETY: The VFIO core serialises its own state; `data` is only written while no callback can
+// run, and `T::Data` is `Send + Sync`.
+unsafe impl<T: Driver> Send for Device<T> {}
+
+// SAFETY: See `Send`.
+unsafe impl<T: Driver> Sync for Device<T> {}
+
+/// The key of a device set (`struct vfio_device_set`): the devices that must be reset together.
+///
+/// The C vfio-pci-core keys its sets by the `pci_slot` or `pci_bus` pointer and assumes that
+/// every member of a set is one of its own `vfio_pci_core_device`s. Keys made here are one byte
+/// into the slot or bus object instead: unique per slot or bus, never equal to a key the C core
+/// uses, so a device of a Rust driver never joins a set of C devices.
+pub struct DeviceSetKey(*mut c_void);
+
+impl DeviceSetKey {
+    /// The key vfio-pci would choose for `pdev`, moved off the C core's keys.
+    ///
+    /// A function on the root bus or an SR-IOV VF is a set of its own (`None`, the device is its
+    /// own key); a function whose slot can be reset shares its slot's set; any other function
+    /// shares its bus's set, since only a bus reset can reset it.
+    pub fn for_pci(pdev: &pci::Device<device::Bound>) -> Option<Self> {
+        let raw = pdev.as_raw();
+        // SAFETY: `raw` is a valid `pci_dev`; `bus` and `slot` live as long as it does.
+        unsafe {
+            if bindings::pci_is_root_bus((*raw).bus) || (*raw).is_virtfn() != 0 {
+                None
+            } else if bindings::pci_probe_reset_slot((*raw).slot) == 0 {
+                Some(Self((*raw).slot.cast::<u8>().wrapping_add(1).cast()))
+            } else {
+                Some(Self((*raw).bus.cast::<u8>().wrapping_add(1).cast()))
+            }
+        }
+    }
+}
+
+/// The registration of a [`Device`] with the VFIO core, owned by devres.
+///
+/// # Invariants
+///
+/// `dev` is registered with the VFIO core, and its `data` points to `self.data`.
+#[pin_data(PinnedDrop)]
+pub struct Registration<T: Driver> {
+    dev: ARef<Device<T>>,
+    #[pin]
+    data: T::Data,
+}
+
+impl<T: Driver> Registration<T> {
+    /// Registers `dev` (group and cdev) with `data`, until `parent` is unbound.
+    ///
+    /// `dev` joins the device set of `dev_set`, or a set of its own when `None`. On unbind the
+    /// device is unregistered, which waits for all its users to close it, then `data` is
+    /// dropped.
+    pub fn new_foreign_owned(
+        parent: &device::Device<device::Bound>,
+        dev: &Device<T>,
+        dev_set: Option<DeviceSetKey>,
+        data: impl PinInit<T::Data, Error>,
+    ) -> Result {
+        let dev_parent: &device::Device = dev.parent();
+        if !core::ptr::eq(dev_parent, &**parent) {
+            return Err(EINVAL);
+        }
+
+        let set_id = dev_set.map_or(dev.as_raw().cast::<c_void>(), |key| key.0);
+        // SAFETY: `dev` is a valid, unregistered `vfio_device`; `set_id` is a unique key (see
+        // `DeviceSetKey`) that outlives the device.
+        to_result(unsafe { bindings::vfio_assign_device_set(dev.as_raw(), set_id) })?;
+
+        let reg = try_pin_init!(Self {
+            dev: dev.into(),
+            data <- data,
+        })
+        .pin_chain(|this| {
+            // SAFETY: Not registered yet, so no callback reads `data` concurrently.
+            unsafe { *this.dev.data.get() = &raw const this.data };
+            // SAFETY: `dev` is valid and not registered; its `data` points to pinned data
+            // that lives until `PinnedDrop::drop` unregisters the device.
+            let ret = unsafe { bindings::vfio_register_group_dev(this.dev.as_raw()) };
+            if ret != 0 {
+                // SAFETY: Registration failed, so no callback can run.
+                unsafe { *this.dev.data.get() = core::ptr::null() };
+            }
+            to_result(ret)
+        });
+
+        devres::register::<Self, Error>(parent, reg, GFP_KERNEL)
+    }
+}
+
+#[pinned_drop]
+impl<T: Driver> PinnedDrop for Registration<T> {
+    fn drop(self: Pin<&mut Self>) {
+        // SAFETY: By the type invariant `dev` is registered. Unregistering waits until every
+        // user has closed the device; afterwards no callback runs.
+        unsafe { bindings::vfio_unregister_group_dev(self.dev.as_raw()) };
+        // SAFETY: No callback can run any more.
+        unsafe { *self.dev.data.get() = core::ptr::null() };
+    }
+}
+
+/// The capability chain of an info ioctl (`struct vfio_info_cap`), as the VFIO core builds it.
+///
+/// # Invariants
+///
+/// `caps.buf` is null or a `krealloc()` buffer of `caps.size` bytes owned by `self`.
+pub struct InfoCaps {
+    caps: bindings::vfio_info_cap,
+}
+
+/// A capability structure of an info ioctl.
+///
+/// # Safety
+///
+/// The type must start with a `struct vfio_info_cap_header`.
+pub unsafe trait InfoCap: AsBytes {}
+
+// SAFETY: The struct starts with `struct vfio_info_cap_header header`.
+unsafe impl InfoCap for uapi::vfio_device_info_cap_pci_atomic_comp {}
+
+impl InfoCaps {
+    /// An empty chain.
+    pub fn new() -> Self {
+        Self {
+            caps: bindings::vfio_info_cap {
+                buf: core::ptr::null_mut(),
+                size: 0,
+            },
+        }
+    }
+
+    /// Appends `cap` to the chain (`vfio_info_add_capability()`).
+    pub fn add<C: InfoCap>(&mut self, cap: &C) -> Result {
+        let header = core::ptr::from_ref(cap).cast::<bindings::vfio_info_cap_header>().cast_mut();
+        // SAFETY: `self.caps` is a valid chain; by `InfoCap`, `header` points to a capability
+        // header followed by `size_of::<C>()` bytes in total, which are only read.
+        to_result(unsafe {
+            bindings::vfio_info_add_capability(&mut self.caps, header, size_of::<C>())
+        })
+    }
+
+    /// Size of the chain in bytes.
+    pub fn size(&self) -> usize {
+        self.caps.size
+    }
+
+    /// Copies the chain to userspace at `dst`, with offsets relative to `dst - offset`
+    /// (`vfio_info_cap_shift()`), as the info struct of `offset` bytes precedes it.
+    pub fn copy_to_user(&mut self, dst: UserPtr, offset: usize) -> Result {
+        if self.caps.size == 0 {
+            return Ok(());
+        }
+        // SAFETY: `self.caps` is a valid chain.
+        unsafe { bindings::vfio_info_cap_shift(&mut self.caps, offset) };
+        // SAFETY: By the type invariant, `buf` holds `size` initialised bytes.
+        let bytes = unsafe { core::slice::from_raw_parts(self.caps.buf.cast::<u8>(), self.caps.size) };
+        UserSlice::new(dst, bytes.len()).writer().write_slice(bytes)
+    }
+}
+
+impl Default for InfoCaps {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for InfoCaps {
+    fn drop(&mut self) {
+        // SAFETY: By the type invariant, `buf` is null or owned by `self`.
+        unsafe { bindings::kfree(self.caps.buf.cast()) };
+    }
+}
+
+/// Reads the first `minsz` bytes of an ioctl argument into a zeroed `A`, the way VFIO ioctls
+/// do `copy_from_user(&info, arg, minsz)`.
+pub fn read_arg<A: FromBytes + AsBytes>(arg: UserPtr, minsz: usize) -> Result<A> {
+    // SAFETY: `A: FromBytes`, so all zeroes is a valid `A`.
+    let mut val: A = unsafe { core::mem::zeroed() };
+    let bytes = val.as_bytes_mut();
+    let len = minsz.min(bytes.len());
+    UserSlice::new(arg, len).reader().read_slice(&mut bytes[..len])?;
+    Ok(val)
+}
+
+/// Writes the first `len` bytes of `val` back to the ioctl argument.
+pub fn write_arg<A: AsBytes>(arg: UserPtr, val: &A, len: usize) -> Result {
+    let bytes = val.as_bytes();
+    let len = len.min(bytes.len());
+    UserSlice::new(arg, len).writer().write_slice(&bytes[..len])
+}
+
+macro_rules! impl_ioctl_arg {
+    ($($t:ty),* $(,)?) => {
+        $(
+            // SAFETY: A uAPI struct of `__u32`/`__u64` fields laid out without padding: every
+            // bit pattern is valid and no byte is uninitialised.
+            unsafe impl FromBytes for $t {}
+            // SAFETY: See `FromBytes` above.
+            unsafe impl AsBytes for $t {}
+        )*
+    };
+}
+
+impl_ioctl_arg!(
+    uapi::vfio_device_info,
+    uapi::vfio_device_info_cap_pci_atomic_comp,
+);
+
+/// The VFIO device operations built from a [`Driver`].
+struct VTable<T: Driver>(PhantomData<T>);
+
+impl<T: Driver> VTable<T> {
+    const VTABLE: bindings::vfio_device_ops = bindings::vfio_device_ops {
+        name: T::NAME.as_ptr().cast::<crate::ffi::c_char>().cast_mut(),
+        open_device: Some(Self::open_device),
+        close_device: Some(Self::close_device),
+        ioctl: Some(Self::ioctl),
+        bind_iommufd: Some(bindings::vfio_iommufd_physical_bind),
+        unbind_iommufd: Some(bindings::vfio_iommufd_physical_unbind),
+        attach_ioas: Some(bindings::vfio_iommufd_physical_attach_ioas),
+        detach_ioas: Some(bindings::vfio_iommufd_physical_detach_ioas),
+        pasid_attach_ioas: Some(bindings::vfio_iommufd_physical_pasid_attach_ioas),
+        pasid_detach_ioas: Some(bindings::vfio_iommufd_physical_pasid_detach_ioas),
+        ..pin_init::zeroed()
+    };
+
+    /// # Safety
+    ///
+    /// Called by the VFIO core with a registered `vfio_device` of a [`Device<T>`].
+    unsafe extern "C" fn open_device(vdev: *mut bindings::vfio_device) -> c_int {
+        // SAFETY: By the safety requirements, `vdev` belongs to a live `Device<T>`.
+        let dev = unsafe { Device::<T>::from_raw(vdev) };
+        // SAFETY: We are in a callback of a registered device.
+        from_result(|| unsafe { dev.with_data(|data| T::open_device(dev, data)) }.map(|()| 0))
+    }
+
+    /// # Safety
+    ///
+    /// Called by the VFIO core with a registered `vfio_device` of a [`Device<T>`].
+    unsafe extern "C" fn close_device(vdev: *mut bindings::vfio_device) {
+        // SAFETY: By the safety requirements, `vdev` belongs to a live `Device<T>`.
+        let dev = unsafe { Device::<T>::from_raw(vdev) };
+        // SAFETY: We are in a callback of a registered device.
+        unsafe { dev.with_data(|data| T::close_device(dev, data)) }
+    }
+
+    /// # Safety
+    ///
+    /// Called by the VFIO core with a registered `vfio_device` of a [`Device<T>`].
+    unsafe extern "C" fn ioctl(vdev: *mut bindings::vfio_device, cmd: c_uint, arg: c_ulong) -> c_long {
+        // SAFETY: By the safety requirements, `vdev` belongs to a live `Device<T>`.
+        let dev = unsafe { Device::<T>::from_raw(vdev) };
+        let arg = UserPtr::from_addr(arg as usize);
+        // SAFETY: We are in a callback of a registered device.
+        from_result(|| unsafe { dev.with_data(|data| T::ioctl(dev, data, cmd, arg)) }.map(|r| r as c_long))
+    }
+}

@@ -1,0 +1,515 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! vfio-pci-rs: VFIO PCI user-level meta-driver, a Rust port of vfio-pci and vfio-pci-core.
+//!
+//! The `vfio-pci-rs` PCI driver binds a function through `driver_override` (or the `ids=`
+//! parameter) and hands it to userspace through the VFIO group and cdev interfaces, with the
+//! uAPI of `include/uapi/linux/vfio.h`, as the C `vfio-pci` does.
+//!
+//! C sources: [`drivers/vfio/pci/`](srctree/drivers/vfio/pci/)
+
+use core::mem::{offset_of, size_of};
+use kernel::{
+    device::{Bound, Core},
+    driver,
+    io::Io,
+    new_mutex, pci,
+    prelude::*,
+    str::BStr,
+    sync::{aref::ARef, Mutex},
+    uaccess::UserPtr,
+    uapi, vfio,
+};
+
+mod vfio_pci_config;
+mod vfio_pci_dmabuf;
+mod vfio_pci_intrs;
+mod vfio_pci_priv;
+mod vfio_pci_rdwr;
+
+module! {
+    type: VfioPciModule,
+    name: "vfio_pci_rs",
+    authors: ["The vfio-pci-rs developers"],
+    description: "VFIO PCI - User Level meta-driver (Rust)",
+    license: "GPL",
+    params: {
+        ids: string {
+            default: "",
+            description: "Initial PCI IDs to add to the vfio driver, format is \"vendor:device[:subvendor[:subdevice[:class[:class_mask]]]]\" and multiple comma separated entries can be specified",
+        },
+        disable_denylist: bool {
+            default: false,
+            description: "Disable use of device denylist. Disabling the denylist allows binding to devices with known errata that may lead to exploitable stability or security issues when accessed by untrusted users.",
+        },
+    },
+}
+
+/// The `vfio-pci-rs` PCI driver.
+struct VfioPciDriver;
+
+kernel::pci_device_table!(
+    PCI_TABLE,
+    <VfioPciDriver as pci::Driver>::IdInfo,
+    // Match all, but only through `driver_override`, as vfio-pci does.
+    [(pci::DeviceId::vfio_driver_override(None, None), ())]
+);
+
+impl pci::Driver for VfioPciDriver {
+    type IdInfo = ();
+    // Holds the allocation reference, as C's drvdata does, until the device is unbound.
+    type Data<'bound> = ARef<vfio::Device<VfioPciCore>>;
+    const ID_TABLE: pci::IdTable<Self::IdInfo> = &PCI_TABLE;
+    const DRIVER_MANAGED_DMA: bool = true;
+
+    fn probe<'bound>(
+        pdev: &'bound pci::Device<Core<'_>>,
+        _info: Option<&'bound Self::IdInfo>,
+    ) -> impl PinInit<Self::Data<'bound>, Error> + 'bound {
+        VfioPciCore::probe(pdev, *module_parameters::disable_denylist.value_ref())
+    }
+}
+
+/// The state of an open function, set up by `open_device` and torn down by `close_device`.
+#[derive(Default)]
+struct OpenState {
+    /// A function reset works (`VFIO_DEVICE_FLAGS_RESET`).
+    reset_works: bool,
+    /// The config state stored at open, loaded back at close.
+    saved_state: Option<pci::SavedState>,
+}
+
+/// A function driven by vfio-pci-rs, C's `struct vfio_pci_core_device`.
+#[pin_data]
+struct VfioPciCore {
+    /// Open state. `open_device` and `close_device` also run under the device set lock.
+    #[pin]
+    open: Mutex<OpenState>,
+}
+
+/// Whether vfio-pci refuses `pdev` for known errata (`vfio_pci_dev_in_denylist()`).
+fn in_denylist(pdev: &pci::Device) -> bool {
+    pdev.vendor_id() == pci::Vendor::INTEL
+        && matches!(
+            pdev.device_id(),
+            0x19e2 // QAT_C3XXX
+                | 0x19e3 // QAT_C3XXX_VF
+                | 0x37c8 // QAT_C62X
+                | 0x37c9 // QAT_C62X_VF
+                | 0x0435 // QAT_DH895XCC
+                | 0x0443 // QAT_DH895XCC_VF
+                | 0x0b25 // DSA_SPR0
+                | 0x0cfe // IAX_SPR0
+        )
+}
+
+impl VfioPciCore {
+    /// Allocates and registers the VFIO device of `pdev` (`vfio_pci_probe()` and
+    /// `vfio_pci_core_register_device()`).
+    fn probe(
+        pdev: &pci::Device<Core<'_>>,
+        disable_denylist: bool,
+    ) -> Result<ARef<vfio::Device<Self>>> {
+        if in_denylist(pdev) {
+            if !disable_denylist {
+                dev_warn!(
+                    pdev,
+                    "{:04x}:{:04x} exists in vfio-pci device denylist, driver probing disallowed.\n",
+                    pdev.vendor_id().as_raw(),
+                    pdev.device_id()
+                );
+                return Err(EINVAL);
+            }
+            dev_warn!(
+                pdev,
+                "device denylist disabled - allowing device {:04x}:{:04x}.\n",
+                pdev.vendor_id().as_raw(),
+                pdev.device_id()
+            );
+        }
+
+        let parent: &kernel::device::Device<Core<'_>> = pdev.as_ref();
+        let vdev = vfio::Device::<Self>::new(parent)?;
+
+        if u32::from(pdev.header_type()) != uapi::PCI_HEADER_TYPE_NORMAL {
+            return Err(EINVAL);
+        }
+
+        // VFs that already exist may be in use by the host; reject the PF, as C does.
+        if pdev.num_vf() != 0 {
+            dev_warn!(pdev, "Cannot bind to PF with SR-IOV enabled\n");
+            return Err(EBUSY);
+        }
+
+        // pci-core leaves the power state unknown at boot and after a driver unbinds; the only
+        // transition out of it is to D0. A failure shows again at open.
+        let _ = pdev.set_power_state(pci::PowerState::D0);
+
+        vfio::Registration::new_foreign_owned(
+            parent,
+            &vdev,
+            vfio::DeviceSetKey::for_pci(pdev),
+            try_pin_init!(Self {
+                open <- new_mutex!(OpenState::default()),
+            }),
+        )?;
+
+        Ok(vdev)
+    }
+
+    /// The PCI function of `vdev`, bound to this driver while callbacks run.
+    fn pdev(vdev: &vfio::Device<Self>) -> Result<&pci::Device<Bound>> {
+        vdev.parent().try_into()
+    }
+
+    /// Answers `VFIO_DEVICE_GET_INFO` (`vfio_pci_ioctl_get_info()`).
+    fn ioctl_get_info(&self, pdev: &pci::Device<Bound>, arg: UserPtr) -> Result<isize> {
+        type Info = uapi::vfio_device_info;
+        let minsz = offset_of!(Info, num_irqs) + size_of::<u32>();
+        let mut info: Info = vfio::read_arg(arg, minsz)?;
+
+        let argsz = info.argsz as usize;
+        if argsz < minsz {
+            return Err(EINVAL);
+        }
+        let minsz = argsz.min(size_of::<Info>());
+
+        info.flags = uapi::VFIO_DEVICE_FLAGS_PCI;
+        if self.open.lock().reset_works {
+            info.flags |= uapi::VFIO_DEVICE_FLAGS_RESET;
+        }
+        info.num_regions = uapi::VFIO_PCI_NUM_REGIONS;
+        info.num_irqs = uapi::VFIO_PCI_NUM_IRQS;
+
+        let mut caps = vfio::InfoCaps::new();
+        match add_atomic_cap(pdev, &mut caps) {
+            Ok(()) | Err(ENODEV) => {}
+            Err(e) => {
+                dev_warn!(pdev, "Failed to setup AtomicOps info capability\n");
+                return Err(e);
+            }
+        }
+
+        if caps.size() != 0 {
+            info.flags |= uapi::VFIO_DEVICE_FLAGS_CAPS;
+            let needed = size_of::<Info>() + caps.size();
+            if argsz < needed {
+                info.argsz = needed.try_into()?;
+            } else {
+                caps.copy_to_user(arg.wrapping_byte_add(size_of::<Info>()), size_of::<Info>())?;
+                info.cap_offset = size_of::<Info>() as u32;
+            }
+        }
+
+        vfio::write_arg(arg, &info, minsz)?;
+        Ok(0)
+    }
+}
+
+/// Adds the AtomicOps completer capability of the function (`vfio_pci_info_atomic_cap()`);
+/// `ENODEV` when the function completes none that its root port routes.
+fn add_atomic_cap(pdev: &pci::Device<Bound>, caps: &mut vfio::InfoCaps) -> Result {
+    let physfn = pdev.physfn();
+    let devcap2 = physfn.pcie_capability_read_dword(uapi::PCI_EXP_DEVCAP2 as u16);
+    let mut flags = 0;
+    for (completer, flag) in [
+        (uapi::PCI_EXP_DEVCAP2_ATOMIC_COMP32, uapi::VFIO_PCI_ATOMIC_COMP32),
+        (uapi::PCI_EXP_DEVCAP2_ATOMIC_COMP64, uapi::VFIO_PCI_ATOMIC_COMP64),
+        (uapi::PCI_EXP_DEVCAP2_ATOMIC_COMP128, uapi::VFIO_PCI_ATOMIC_COMP128),
+    ] {
+        if devcap2 & completer != 0 && physfn.enable_atomic_ops_to_root(completer).is_ok() {
+            flags |= flag;
+        }
+    }
+    if flags == 0 {
+        return Err(ENODEV);
+    }
+    caps.add(&uapi::vfio_device_info_cap_pci_atomic_comp {
+        header: uapi::vfio_info_cap_header {
+            id: uapi::VFIO_DEVICE_INFO_CAP_PCI_ATOMIC_COMP as u16,
+            version: 1,
+            next: 0,
+        },
+        flags,
+        reserved: 0,
+    })
+}
+
+/// Resets `pdev` at close if its and its upstream bridge's locks can be taken: blocking on
+/// them could deadlock, and `pci_try_reset_function()` would overwrite the state just loaded.
+fn reset_at_close(pdev: &pci::Device<Bound>) {
+    let _bridge_lock = match pdev.upstream_bridge() {
+        Some(bridge) => match bridge.try_lock() {
+            Some(guard) => Some(guard),
+            None => return,
+        },
+        None => None,
+    };
+    if let Some(lock) = pdev.try_lock() {
+        let _ = lock.reset_function();
+    }
+}
+
+impl vfio::Driver for VfioPciCore {
+    type Data = Self;
+    const NAME: &'static CStr = c"vfio-pci-rs";
+
+    /// `vfio_pci_core_enable()`.
+    fn open_device(vdev: &vfio::Device<Self>, this: Pin<&Self>) -> Result {
+        let pdev = Self::pdev(vdev)?;
+
+        // Don't allow our initial saved state to include busmaster.
+        pdev.clear_master();
+        pdev.enable_device()?;
+
+        // If reset fails because of the device lock, fail this path entirely.
+        let reset = pdev.try_reset_function();
+        if reset == Err(EAGAIN) {
+            pdev.disable_device();
+            return Err(EAGAIN);
+        }
+
+        pdev.save_state();
+        let saved_state = pdev.store_saved_state();
+        if saved_state.is_none() {
+            dev_dbg!(pdev, "open_device: Couldn't store saved state\n");
+        }
+
+        *this.open.lock() = OpenState {
+            reset_works: reset.is_ok(),
+            saved_state,
+        };
+        Ok(())
+    }
+
+    /// `vfio_pci_core_disable()`.
+    fn close_device(vdev: &vfio::Device<Self>, this: Pin<&Self>) {
+        let Ok(pdev) = Self::pdev(vdev) else {
+            return;
+        };
+        let mut open = this.open.lock();
+
+        // A function reset, e.g. a PM reset, fails outside D0.
+        let _ = pdev.set_power_state(pci::PowerState::D0);
+
+        // Stop the device from further DMA.
+        pdev.clear_master();
+
+        // Restore the state saved at open, and reset if we can: resetting with the current
+        // state beats nothing, but saving and restoring it without a reset is busy work.
+        let mut restore = true;
+        if pdev.load_saved_state(open.saved_state.take()).is_err() {
+            dev_info!(pdev, "close_device: Couldn't reload saved state\n");
+            restore = open.reset_works;
+            if restore {
+                pdev.save_state();
+            }
+        }
+
+        if restore {
+            // Disable INTx and MSI, presumably to avoid spurious interrupts during reset.
+            pdev.config_space()
+                .write16(uapi::PCI_COMMAND_INTX_DISABLE as u16, uapi::PCI_COMMAND as usize);
+            if open.reset_works {
+                reset_at_close(pdev);
+            }
+            pdev.restore_state();
+        }
+
+        pdev.disable_device();
+        *open = OpenState::default();
+    }
+
+    /// `vfio_pci_core_ioctl()`.
+    fn ioctl(vdev: &vfio::Device<Self>, this: Pin<&Self>, cmd: u32, arg: UserPtr) -> Result<isize> {
+        let pdev = Self::pdev(vdev)?;
+        match cmd {
+            vfio::DEVICE_GET_INFO => this.ioctl_get_info(pdev, arg),
+            _ => Err(ENOTTY),
+        }
+    }
+}
+
+/// The module: the registered driver, plus the `ids=` entries added to it.
+#[pin_data]
+struct VfioPciModule {
+    #[pin]
+    driver: driver::Registration<pci::Adapter<VfioPciDriver>>,
+}
+
+impl kernel::InPlaceModule for VfioPciModule {
+    fn init(module: &'static ThisModule) -> impl PinInit<Self, Error> {
+        try_pin_init!(Self {
+            driver <- driver::Registration::new(c"vfio-pci-rs", module),
+        })
+        .pin_chain(|this| {
+            add_ids(&this.driver, module_parameters::ids.value_ref().as_bytes());
+            if *module_parameters::disable_denylist.value_ref() {
+                pr_warn!("device denylist disabled.\n");
+            }
+            Ok(())
+        })
+    }
+}
+
+/// A PCI ID of the `ids=` parameter.
+#[derive(Debug, PartialEq, Eq)]
+struct DynamicId {
+    vendor: u32,
+    device: u32,
+    subvendor: u32,
+    subdevice: u32,
+    class: u32,
+    class_mask: u32,
+}
+
+/// Parses a hexadecimal field the way `sscanf("%x")` does: leading white space, an optional
+/// `0x`, then as many hex digits as there are (at least one), truncated to 32 bits.
+fn scan_hex(s: &[u8]) -> Option<(u32, &[u8])> {
+    let s = s.trim_ascii_start();
+    let s = match s {
+        [b'0', b'x' | b'X', rest @ ..] if rest.first().is_some_and(u8::is_ascii_hexdigit) => rest,
+        _ => s,
+    };
+    let digits = s.iter().take_while(|c| c.is_ascii_hexdigit()).count();
+    if digits == 0 {
+        return None;
+    }
+    let value = s[..digits].iter().fold(0u64, |acc, &c| {
+        let digit = (c as char).to_digit(16).unwrap_or(0);
+        acc.wrapping_mul(16).wrapping_add(u64::from(digit))
+    });
+    // CAST: `%x` stores into an `unsigned int`, keeping the low 32 bits.
+    Some((value as u32, &s[digits..]))
+}
+
+/// Parses one `ids=` entry as `sscanf(id, "%x:%x:%x:%x:%x:%x")` does in vfio-pci: `None` when
+/// fewer than the vendor and device fields match.
+fn parse_id(id: &[u8]) -> Option<DynamicId> {
+    let mut fields = [0u32; 6];
+    let mut count = 0;
+    let mut rest = id;
+    while count < fields.len() {
+        if count > 0 {
+            match rest.split_first() {
+                Some((b':', tail)) => rest = tail,
+                _ => break,
+            }
+        }
+        let Some((value, tail)) = scan_hex(rest) else {
+            break;
+        };
+        fields[count] = value;
+        count += 1;
+        rest = tail;
+    }
+    if count < 2 {
+        return None;
+    }
+    let any = pci::DeviceId::PCI_ANY_ID;
+    Some(DynamicId {
+        vendor: fields[0],
+        device: fields[1],
+        subvendor: if count > 2 { fields[2] } else { any },
+        subdevice: if count > 3 { fields[3] } else { any },
+        class: fields[4],
+        class_mask: fields[5],
+    })
+}
+
+/// Adds the comma-separated `ids=` entries to the driver, as `vfio_pci_fill_ids()` does.
+fn add_ids(driver: &driver::Registration<pci::Adapter<VfioPciDriver>>, ids: &[u8]) {
+    for entry in ids.split(|&c| c == b',').filter(|entry| !entry.is_empty()) {
+        let Some(id) = parse_id(entry) else {
+            pr_warn!("invalid id string \"{}\"\n", BStr::from_bytes(entry));
+            continue;
+        };
+        match driver.add_dynid(
+            id.vendor,
+            id.device,
+            id.subvendor,
+            id.subdevice,
+            id.class,
+            id.class_mask,
+        ) {
+            Ok(()) => pr_info!(
+                "add [{:04x}:{:04x}[{:04x}:{:04x}]] class {:#08x}/{:08x}\n",
+                id.vendor,
+                id.device,
+                id.subvendor,
+                id.subdevice,
+                id.class,
+                id.class_mask
+            ),
+            Err(e) => pr_warn!(
+                "failed to add dynamic id [{:04x}:{:04x}[{:04x}:{:04x}]] class {:#08x}/{:08x} ({})\n",
+                id.vendor,
+                id.device,
+                id.subvendor,
+                id.subdevice,
+                id.class,
+                id.class_mask,
+                e.to_errno()
+            ),
+        }
+    }
+}
+
+#[kunit_tests(vfio_pci_rs_ids)]
+mod tests {
+    use super::*;
+
+    const ANY: u32 = pci::DeviceId::PCI_ANY_ID;
+
+    fn id(fields: [u32; 6]) -> Option<DynamicId> {
+        Some(DynamicId {
+            vendor: fields[0],
+            device: fields[1],
+            subvendor: fields[2],
+            subdevice: fields[3],
+            class: fields[4],
+            class_mask: fields[5],
+        })
+    }
+
+    #[test]
+    fn vendor_and_device() {
+        assert_eq!(parse_id(b"8086:10c9"), id([0x8086, 0x10c9, ANY, ANY, 0, 0]));
+    }
+
+    #[test]
+    fn all_six_fields() {
+        assert_eq!(
+            parse_id(b"1234:11e8:1af4:1100:ff0000:ffff00"),
+            id([0x1234, 0x11e8, 0x1af4, 0x1100, 0xff0000, 0xffff00])
+        );
+    }
+
+    #[test]
+    fn scanf_prefixes_and_space() {
+        assert_eq!(parse_id(b" 0x8086:0X10C9"), id([0x8086, 0x10c9, ANY, ANY, 0, 0]));
+    }
+
+    #[test]
+    fn stops_at_first_mismatch() {
+        // sscanf stops at `zz` with two fields converted; the rest is ignored.
+        assert_eq!(parse_id(b"8086:10c9:zz"), id([0x8086, 0x10c9, ANY, ANY, 0, 0]));
+        assert_eq!(parse_id(b"8086:10c9-1af4"), id([0x8086, 0x10c9, ANY, ANY, 0, 0]));
+        assert_eq!(parse_id(b"1:2:3"), id([1, 2, 3, ANY, 0, 0]));
+    }
+
+    #[test]
+    fn too_few_fields() {
+        assert_eq!(parse_id(b"8086"), None);
+        assert_eq!(parse_id(b"8086:"), None);
+        assert_eq!(parse_id(b"zz:10c9"), None);
+        assert_eq!(parse_id(b""), None);
+        // `0x` without a hex digit after it is the number 0 followed by `x`.
+        assert_eq!(parse_id(b"0x:1"), None);
+    }
+
+    #[test]
+    fn truncates_to_32_bits() {
+        assert_eq!(parse_id(b"123456789:1"), id([0x23456789, 1, ANY, ANY, 0, 0]));
+    }
+}
