@@ -213,9 +213,18 @@ fn add_atomic_cap(pdev: &pci::Device<Bound>, caps: &mut vfio::InfoCaps) -> Resul
     let devcap2 = physfn.pcie_capability_read_dword(uapi::PCI_EXP_DEVCAP2 as u16);
     let mut flags = 0;
     for (completer, flag) in [
-        (uapi::PCI_EXP_DEVCAP2_ATOMIC_COMP32, uapi::VFIO_PCI_ATOMIC_COMP32),
-        (uapi::PCI_EXP_DEVCAP2_ATOMIC_COMP64, uapi::VFIO_PCI_ATOMIC_COMP64),
-        (uapi::PCI_EXP_DEVCAP2_ATOMIC_COMP128, uapi::VFIO_PCI_ATOMIC_COMP128),
+        (
+            uapi::PCI_EXP_DEVCAP2_ATOMIC_COMP32,
+            uapi::VFIO_PCI_ATOMIC_COMP32,
+        ),
+        (
+            uapi::PCI_EXP_DEVCAP2_ATOMIC_COMP64,
+            uapi::VFIO_PCI_ATOMIC_COMP64,
+        ),
+        (
+            uapi::PCI_EXP_DEVCAP2_ATOMIC_COMP128,
+            uapi::VFIO_PCI_ATOMIC_COMP128,
+        ),
     ] {
         if devcap2 & completer != 0 && physfn.enable_atomic_ops_to_root(completer).is_ok() {
             flags |= flag;
@@ -308,8 +317,10 @@ impl vfio::Driver for VfioPciCore {
 
         if restore {
             // Disable INTx and MSI, presumably to avoid spurious interrupts during reset.
-            pdev.config_space()
-                .write16(uapi::PCI_COMMAND_INTX_DISABLE as u16, uapi::PCI_COMMAND as usize);
+            pdev.config_space().write16(
+                uapi::PCI_COMMAND_INTX_DISABLE as u16,
+                uapi::PCI_COMMAND as usize,
+            );
             if open.reset_works {
                 reset_at_close(pdev);
             }
@@ -487,14 +498,23 @@ mod tests {
 
     #[test]
     fn scanf_prefixes_and_space() {
-        assert_eq!(parse_id(b" 0x8086:0X10C9"), id([0x8086, 0x10c9, ANY, ANY, 0, 0]));
+        assert_eq!(
+            parse_id(b" 0x8086:0X10C9"),
+            id([0x8086, 0x10c9, ANY, ANY, 0, 0])
+        );
     }
 
     #[test]
     fn stops_at_first_mismatch() {
         // sscanf stops at `zz` with two fields converted; the rest is ignored.
-        assert_eq!(parse_id(b"8086:10c9:zz"), id([0x8086, 0x10c9, ANY, ANY, 0, 0]));
-        assert_eq!(parse_id(b"8086:10c9-1af4"), id([0x8086, 0x10c9, ANY, ANY, 0, 0]));
+        assert_eq!(
+            parse_id(b"8086:10c9:zz"),
+            id([0x8086, 0x10c9, ANY, ANY, 0, 0])
+        );
+        assert_eq!(
+            parse_id(b"8086:10c9-1af4"),
+            id([0x8086, 0x10c9, ANY, ANY, 0, 0])
+        );
         assert_eq!(parse_id(b"1:2:3"), id([1, 2, 3, ANY, 0, 0]));
     }
 
@@ -510,6 +530,9 @@ mod tests {
 
     #[test]
     fn truncates_to_32_bits() {
-        assert_eq!(parse_id(b"123456789:1"), id([0x23456789, 1, ANY, ANY, 0, 0]));
+        assert_eq!(
+            parse_id(b"123456789:1"),
+            id([0x23456789, 1, ANY, ANY, 0, 0])
+        );
     }
 }

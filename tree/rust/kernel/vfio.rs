@@ -71,8 +71,12 @@ pub trait Driver: Sized + Send + Sync + 'static {
     fn close_device(device: &Device<Self>, data: Pin<&Self::Data>);
 
     /// An ioctl on the device file that the VFIO core does not handle itself.
-    fn ioctl(device: &Device<Self>, data: Pin<&Self::Data>, cmd: u32, arg: UserPtr)
-        -> Result<isize>;
+    fn ioctl(
+        device: &Device<Self>,
+        data: Pin<&Self::Data>,
+        cmd: u32,
+        arg: UserPtr,
+    ) -> Result<isize>;
 }
 
 /// A VFIO device: a [`struct vfio_device`] allocated by the VFIO core.
@@ -108,7 +112,8 @@ impl<T: Driver> Device<T> {
 
         // SAFETY: `parent` is a valid, bound device; `ops` points to a static vtable whose
         // callbacks expect a `Device<T>`, and `size` covers `Device<T>`.
-        let raw = from_err_ptr(unsafe { bindings::_vfio_alloc_device(size, parent.as_raw(), ops) })?;
+        let raw =
+            from_err_ptr(unsafe { bindings::_vfio_alloc_device(size, parent.as_raw(), ops) })?;
 
         // CAST: `vfio_device` is at offset 0 of the zeroed `Device<T>` allocation, so `data`
         // starts out null.
@@ -184,7 +189,9 @@ unsafe impl<T: Driver> AlwaysRefCounted for Device<T> {
 
     unsafe fn dec_ref(obj: NonNull<Self>) {
         // SAFETY: The caller owns a reference.
-        unsafe { bindings::put_device(&raw mut (*obj.as_ptr().cast::<bindings::vfio_device>()).device) };
+        unsafe {
+            bindings::put_device(&raw mut (*obj.as_ptr().cast::<bindings::vfio_device>()).device)
+        };
     }
 }
 
@@ -322,7 +329,9 @@ impl InfoCaps {
 
     /// Appends `cap` to the chain (`vfio_info_add_capability()`).
     pub fn add<C: InfoCap>(&mut self, cap: &C) -> Result {
-        let header = core::ptr::from_ref(cap).cast::<bindings::vfio_info_cap_header>().cast_mut();
+        let header = core::ptr::from_ref(cap)
+            .cast::<bindings::vfio_info_cap_header>()
+            .cast_mut();
         // SAFETY: `self.caps` is a valid chain; by `InfoCap`, `header` points to a capability
         // header followed by `size_of::<C>()` bytes in total, which are only read.
         to_result(unsafe {
@@ -344,7 +353,8 @@ impl InfoCaps {
         // SAFETY: `self.caps` is a valid chain.
         unsafe { bindings::vfio_info_cap_shift(&mut self.caps, offset) };
         // SAFETY: By the type invariant, `buf` holds `size` initialised bytes.
-        let bytes = unsafe { core::slice::from_raw_parts(self.caps.buf.cast::<u8>(), self.caps.size) };
+        let bytes =
+            unsafe { core::slice::from_raw_parts(self.caps.buf.cast::<u8>(), self.caps.size) };
         UserSlice::new(dst, bytes.len()).writer().write_slice(bytes)
     }
 }
@@ -369,7 +379,9 @@ pub fn read_arg<A: FromBytes + AsBytes>(arg: UserPtr, minsz: usize) -> Result<A>
     let mut val: A = unsafe { core::mem::zeroed() };
     let bytes = val.as_bytes_mut();
     let len = minsz.min(bytes.len());
-    UserSlice::new(arg, len).reader().read_slice(&mut bytes[..len])?;
+    UserSlice::new(arg, len)
+        .reader()
+        .read_slice(&mut bytes[..len])?;
     Ok(val)
 }
 
@@ -402,7 +414,7 @@ struct VTable<T: Driver>(PhantomData<T>);
 
 impl<T: Driver> VTable<T> {
     const VTABLE: bindings::vfio_device_ops = bindings::vfio_device_ops {
-        name: T::NAME.as_ptr().cast::<crate::ffi::c_char>().cast_mut(),
+        name: crate::str::as_char_ptr_in_const_context(T::NAME).cast_mut(),
         open_device: Some(Self::open_device),
         close_device: Some(Self::close_device),
         ioctl: Some(Self::ioctl),
@@ -421,8 +433,11 @@ impl<T: Driver> VTable<T> {
     unsafe extern "C" fn open_device(vdev: *mut bindings::vfio_device) -> c_int {
         // SAFETY: By the safety requirements, `vdev` belongs to a live `Device<T>`.
         let dev = unsafe { Device::<T>::from_raw(vdev) };
-        // SAFETY: We are in a callback of a registered device.
-        from_result(|| unsafe { dev.with_data(|data| T::open_device(dev, data)) }.map(|()| 0))
+        from_result(|| {
+            // SAFETY: We are in a callback of a registered device.
+            unsafe { dev.with_data(|data| T::open_device(dev, data)) }?;
+            Ok(0)
+        })
     }
 
     /// # Safety
@@ -438,11 +453,17 @@ impl<T: Driver> VTable<T> {
     /// # Safety
     ///
     /// Called by the VFIO core with a registered `vfio_device` of a [`Device<T>`].
-    unsafe extern "C" fn ioctl(vdev: *mut bindings::vfio_device, cmd: c_uint, arg: c_ulong) -> c_long {
+    unsafe extern "C" fn ioctl(
+        vdev: *mut bindings::vfio_device,
+        cmd: c_uint,
+        arg: c_ulong,
+    ) -> c_long {
         // SAFETY: By the safety requirements, `vdev` belongs to a live `Device<T>`.
         let dev = unsafe { Device::<T>::from_raw(vdev) };
-        let arg = UserPtr::from_addr(arg as usize);
-        // SAFETY: We are in a callback of a registered device.
-        from_result(|| unsafe { dev.with_data(|data| T::ioctl(dev, data, cmd, arg)) }.map(|r| r as c_long))
+        let arg = UserPtr::from_addr(arg);
+        from_result(|| {
+            // SAFETY: We are in a callback of a registered device.
+            unsafe { dev.with_data(|data| T::ioctl(dev, data, cmd, arg)) }
+        })
     }
 }

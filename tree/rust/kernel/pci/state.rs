@@ -8,11 +8,7 @@
 //! C header: [`include/linux/pci.h`](srctree/include/linux/pci.h)
 
 use super::Device;
-use crate::{
-    bindings, device,
-    error::to_result,
-    prelude::*,
-};
+use crate::{bindings, device, error::to_result, prelude::*};
 use core::ptr::NonNull;
 
 /// A PCI power state (`pci_power_t`).

@@ -1,0 +1,377 @@
+//! Command-line parsing (pure logic, unit-tested).
+
+use std::fmt;
+
+pub const USAGE: &str = "\
+usage:
+  vfio-test [--driver vfio-pci|vfio-pci-rs]... [--only-driver vfio-pci|vfio-pci-rs] TWIN...
+      TWIN is NAME=BDF_C,BDF_RS (e.g. edu=0000:01:00.0,0000:02:00.0): BDF_C is bound to
+      vfio-pci, BDF_RS to vfio-pci-rs, the same checks run on both and their results are
+      compared. --driver (repeatable) selects the drivers to test (default: both);
+      --only-driver NAME tests that driver alone (no parity checks).
+      Prints PASS/FAIL lines and ends with `N passed, N failed`; exits 1 if any failed.
+  vfio-test bind BDF DRIVER     bind BDF to DRIVER via driver_override + drivers_probe
+  vfio-test unbind BDF          unbind BDF and clear its driver_override
+  vfio-test info BDF            open BDF through its VFIO group and print GET_INFO
+";
+
+/// The two drivers under comparison.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Driver {
+    /// The C reference driver `vfio-pci` (module `vfio_pci`).
+    C,
+    /// The Rust port `vfio-pci-rs` (module `vfio_pci_rs`).
+    Rs,
+}
+
+impl Driver {
+    pub const ALL: [Driver; 2] = [Driver::C, Driver::Rs];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Driver::C => "vfio-pci",
+            Driver::Rs => "vfio-pci-rs",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Driver, String> {
+        match s {
+            "vfio-pci" | "vfio_pci" => Ok(Driver::C),
+            "vfio-pci-rs" | "vfio_pci_rs" => Ok(Driver::Rs),
+            _ => Err(format!(
+                "unknown driver {s:?} (expected vfio-pci or vfio-pci-rs)"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Driver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One twin pair: the same kind of device twice, one per driver.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Twin {
+    pub name: String,
+    /// Bound to vfio-pci.
+    pub bdf_c: String,
+    /// Bound to vfio-pci-rs.
+    pub bdf_rs: String,
+}
+
+impl Twin {
+    pub fn bdf(&self, d: Driver) -> &str {
+        match d {
+            Driver::C => &self.bdf_c,
+            Driver::Rs => &self.bdf_rs,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Cmd {
+    Run {
+        drivers: Vec<Driver>,
+        twins: Vec<Twin>,
+    },
+    Bind {
+        bdf: String,
+        driver: String,
+    },
+    Unbind {
+        bdf: String,
+    },
+    Info {
+        bdf: String,
+    },
+    Help,
+}
+
+/// Validate a PCI address and return it in sysfs form: `DDDD:BB:DD.F`, lower case. A missing
+/// domain means domain 0.
+pub fn parse_bdf(s: &str) -> Result<String, String> {
+    let bad = || format!("bad PCI address {s:?} (expected DDDD:BB:DD.F)");
+    let parts: Vec<&str> = s.split(':').collect();
+    let (domain, bus, devfn) = match parts.as_slice() {
+        [d, b, df] => (*d, *b, *df),
+        [b, df] => ("0000", *b, *df),
+        _ => return Err(bad()),
+    };
+    let (dev, func) = devfn.split_once('.').ok_or_else(bad)?;
+    let hex = |x: &str, max_len: usize| {
+        !x.is_empty() && x.len() <= max_len && x.chars().all(|c| c.is_ascii_hexdigit())
+    };
+    if !hex(domain, 8) || !hex(bus, 2) || !hex(dev, 2) || !hex(func, 1) {
+        return Err(bad());
+    }
+    let domain_v = u32::from_str_radix(domain, 16).map_err(|_| bad())?;
+    let bus_v = u32::from_str_radix(bus, 16).map_err(|_| bad())?;
+    let dev_v = u32::from_str_radix(dev, 16).map_err(|_| bad())?;
+    let func_v = u32::from_str_radix(func, 16).map_err(|_| bad())?;
+    if dev_v > 0x1f || func_v > 7 {
+        return Err(bad());
+    }
+    Ok(format!("{domain_v:04x}:{bus_v:02x}:{dev_v:02x}.{func_v:x}"))
+}
+
+/// `NAME=BDF_C,BDF_RS`.
+pub fn parse_twin(s: &str) -> Result<Twin, String> {
+    let (name, bdfs) = s
+        .split_once('=')
+        .ok_or_else(|| format!("bad twin spec {s:?} (expected NAME=BDF_C,BDF_RS)"))?;
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        return Err(format!(
+            "bad twin name {name:?} (letters, digits, '-', '_', '.')"
+        ));
+    }
+    let (c, rs) = bdfs
+        .split_once(',')
+        .ok_or_else(|| format!("bad twin spec {s:?} (expected NAME=BDF_C,BDF_RS)"))?;
+    let bdf_c = parse_bdf(c)?;
+    let bdf_rs = parse_bdf(rs)?;
+    if bdf_c == bdf_rs {
+        return Err(format!(
+            "twin {name}: both drivers given the same device {bdf_c}"
+        ));
+    }
+    Ok(Twin {
+        name: name.to_string(),
+        bdf_c,
+        bdf_rs,
+    })
+}
+
+fn one_arg(cmd: &str, rest: &[String]) -> Result<String, String> {
+    match rest {
+        [bdf] => parse_bdf(bdf),
+        _ => Err(format!("{cmd} takes exactly one argument: BDF")),
+    }
+}
+
+/// Parse the arguments after the program name.
+pub fn parse(args: &[String]) -> Result<Cmd, String> {
+    let Some(first) = args.first() else {
+        return Err("no twin spec given".to_string());
+    };
+    match first.as_str() {
+        "-h" | "--help" | "help" => return Ok(Cmd::Help),
+        "bind" => {
+            return match &args[1..] {
+                [bdf, driver] => {
+                    if driver.is_empty()
+                        || driver.contains('/')
+                        || driver.contains(char::is_whitespace)
+                    {
+                        return Err(format!("bad driver name {driver:?}"));
+                    }
+                    Ok(Cmd::Bind {
+                        bdf: parse_bdf(bdf)?,
+                        driver: driver.clone(),
+                    })
+                }
+                _ => Err("bind takes exactly two arguments: BDF DRIVER".to_string()),
+            };
+        }
+        "unbind" => {
+            return Ok(Cmd::Unbind {
+                bdf: one_arg("unbind", &args[1..])?,
+            })
+        }
+        "info" => {
+            return Ok(Cmd::Info {
+                bdf: one_arg("info", &args[1..])?,
+            })
+        }
+        _ => {}
+    }
+
+    let mut selected: Vec<Driver> = Vec::new();
+    let mut only: Option<Driver> = None;
+    let mut twins: Vec<Twin> = Vec::new();
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        let mut opt_value = |opt: &str| -> Result<Option<String>, String> {
+            if arg == opt {
+                it.next()
+                    .cloned()
+                    .map(Some)
+                    .ok_or_else(|| format!("{opt} needs a value"))
+            } else if let Some(v) = arg.strip_prefix(&format!("{opt}=")) {
+                Ok(Some(v.to_string()))
+            } else {
+                Ok(None)
+            }
+        };
+        if let Some(v) = opt_value("--driver")? {
+            let d = Driver::parse(&v)?;
+            if !selected.contains(&d) {
+                selected.push(d);
+            }
+        } else if let Some(v) = opt_value("--only-driver")? {
+            let d = Driver::parse(&v)?;
+            if only.is_some_and(|o| o != d) {
+                return Err("--only-driver given twice with different drivers".to_string());
+            }
+            only = Some(d);
+        } else if arg == "-h" || arg == "--help" {
+            return Ok(Cmd::Help);
+        } else if arg.starts_with('-') {
+            return Err(format!("unknown option {arg:?}"));
+        } else {
+            let t = parse_twin(arg)?;
+            if twins.iter().any(|o| o.name == t.name) {
+                return Err(format!("twin name {} given twice", t.name));
+            }
+            twins.push(t);
+        }
+    }
+    if twins.is_empty() {
+        return Err("no twin spec given".to_string());
+    }
+    let mut drivers = match only {
+        Some(d) => {
+            if !selected.is_empty() && !selected.contains(&d) {
+                return Err(format!(
+                    "--only-driver {d} conflicts with --driver {}",
+                    selected[0]
+                ));
+            }
+            vec![d]
+        }
+        None if selected.is_empty() => Driver::ALL.to_vec(),
+        None => selected,
+    };
+    // Always C first: the reference runs first and the Rust port is compared against it.
+    drivers.sort();
+    Ok(Cmd::Run { drivers, twins })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &[&str]) -> Vec<String> {
+        s.iter().map(|a| a.to_string()).collect()
+    }
+
+    #[test]
+    fn bdf_forms() {
+        assert_eq!(parse_bdf("0000:01:00.0").unwrap(), "0000:01:00.0");
+        assert_eq!(parse_bdf("01:00.0").unwrap(), "0000:01:00.0");
+        assert_eq!(parse_bdf("0000:0C:1f.7").unwrap(), "0000:0c:1f.7");
+        assert_eq!(parse_bdf("10000:00:02.0").unwrap(), "10000:00:02.0");
+        for bad in [
+            "",
+            "0000:01:00",
+            "0000:01:20.0",
+            "0000:01:00.8",
+            "0000:001:00.0",
+            "x:01:00.0",
+            "0000:01:00.0.1",
+            "1:2:3:4.0",
+        ] {
+            assert!(parse_bdf(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn twin_spec() {
+        let t = parse_twin("edu=0000:01:00.0,0000:02:00.0").unwrap();
+        assert_eq!(t.name, "edu");
+        assert_eq!(t.bdf(Driver::C), "0000:01:00.0");
+        assert_eq!(t.bdf(Driver::Rs), "0000:02:00.0");
+        let t = parse_twin("mixed-bus=0000:0c:01.0,0c:02.0").unwrap();
+        assert_eq!(t.bdf_rs, "0000:0c:02.0");
+        assert!(parse_twin("edu").is_err());
+        assert!(parse_twin("edu=0000:01:00.0").is_err());
+        assert!(parse_twin("=0000:01:00.0,0000:02:00.0").is_err());
+        assert!(parse_twin("e du=0000:01:00.0,0000:02:00.0").is_err());
+        assert!(parse_twin("edu=0000:01:00.0,0000:01:00.0").is_err());
+    }
+
+    #[test]
+    fn run_defaults_to_both_drivers() {
+        let cmd = parse(&args(&[
+            "edu=0000:01:00.0,0000:02:00.0",
+            "ivshmem=0000:03:00.0,0000:04:00.0",
+        ]))
+        .unwrap();
+        match cmd {
+            Cmd::Run { drivers, twins } => {
+                assert_eq!(drivers, vec![Driver::C, Driver::Rs]);
+                assert_eq!(twins.len(), 2);
+                assert_eq!(twins[1].name, "ivshmem");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn driver_options() {
+        let run = |a: &[&str]| match parse(&args(a)).unwrap() {
+            Cmd::Run { drivers, .. } => drivers,
+            other => panic!("{other:?}"),
+        };
+        let t = "edu=0000:01:00.0,0000:02:00.0";
+        assert_eq!(run(&["--driver", "vfio-pci-rs", t]), vec![Driver::Rs]);
+        assert_eq!(
+            run(&["--driver=vfio-pci-rs", "--driver", "vfio-pci", t]),
+            vec![Driver::C, Driver::Rs]
+        );
+        assert_eq!(run(&["--only-driver", "vfio-pci", t]), vec![Driver::C]);
+        assert_eq!(run(&[t, "--only-driver=vfio-pci-rs"]), vec![Driver::Rs]);
+        assert_eq!(
+            run(&["--driver", "vfio-pci-rs", "--only-driver", "vfio-pci-rs", t]),
+            vec![Driver::Rs]
+        );
+        assert!(parse(&args(&[
+            "--driver",
+            "vfio-pci",
+            "--only-driver",
+            "vfio-pci-rs",
+            t
+        ]))
+        .is_err());
+        assert!(parse(&args(&["--driver", "nvme", t])).is_err());
+        assert!(parse(&args(&["--driver"])).is_err());
+        assert!(parse(&args(&["--frob", t])).is_err());
+        assert!(parse(&args(&["--driver", "vfio-pci"])).is_err());
+        assert!(parse(&args(&[t, t])).is_err());
+        assert!(parse(&args(&[])).is_err());
+    }
+
+    #[test]
+    fn subcommands() {
+        assert_eq!(
+            parse(&args(&["bind", "0000:01:00.0", "vfio-pci-rs"])).unwrap(),
+            Cmd::Bind {
+                bdf: "0000:01:00.0".into(),
+                driver: "vfio-pci-rs".into()
+            }
+        );
+        assert_eq!(
+            parse(&args(&["unbind", "01:00.0"])).unwrap(),
+            Cmd::Unbind {
+                bdf: "0000:01:00.0".into()
+            }
+        );
+        assert_eq!(
+            parse(&args(&["info", "0000:08:00.0"])).unwrap(),
+            Cmd::Info {
+                bdf: "0000:08:00.0".into()
+            }
+        );
+        assert_eq!(parse(&args(&["--help"])).unwrap(), Cmd::Help);
+        assert!(parse(&args(&["bind", "0000:01:00.0"])).is_err());
+        assert!(parse(&args(&["bind", "0000:01:00.0", "../x"])).is_err());
+        assert!(parse(&args(&["unbind"])).is_err());
+        assert!(parse(&args(&["info", "a", "b"])).is_err());
+        assert!(parse(&args(&["info", "zz"])).is_err());
+    }
+}

@@ -1,0 +1,251 @@
+//! PASS/FAIL bookkeeping.
+//!
+//! Output format, one line each:
+//! - `PASS <subject> <check>`
+//! - `FAIL <subject> <check>: <detail>`
+//! - `# <free text>` for notes (values, BDFs, offending dmesg lines)
+//!
+//! where `<subject>` is `<twin> <driver>` (e.g. `edu vfio-pci-rs`), `<twin> parity`, or
+//! `kernel`. The run ends with `debug_locks=<value>` and `N passed, N failed`.
+
+/// Counts checks and prints (or, in tests, collects) their lines.
+pub struct Reporter {
+    passed: u32,
+    failed: u32,
+    echo: bool,
+    lines: Vec<String>,
+}
+
+impl Reporter {
+    /// A reporter that prints every line to stdout as it happens.
+    pub fn stdout() -> Self {
+        Reporter {
+            passed: 0,
+            failed: 0,
+            echo: true,
+            lines: Vec::new(),
+        }
+    }
+
+    /// A reporter that only collects lines (for unit tests).
+    #[cfg(test)]
+    pub fn collect() -> Self {
+        Reporter {
+            passed: 0,
+            failed: 0,
+            echo: false,
+            lines: Vec::new(),
+        }
+    }
+
+    fn emit(&mut self, line: String) {
+        if self.echo {
+            println!("{line}");
+        }
+        self.lines.push(line);
+    }
+
+    pub fn pass(&mut self, subject: &str, check: &str) {
+        self.passed += 1;
+        self.emit(format!("PASS {subject} {check}"));
+    }
+
+    pub fn fail(&mut self, subject: &str, check: &str, detail: &str) {
+        self.failed += 1;
+        // Keep one line per check even if a detail (e.g. a tool's stderr) has newlines.
+        let detail = detail.replace('\n', " | ");
+        self.emit(format!("FAIL {subject} {check}: {detail}"));
+    }
+
+    pub fn note(&mut self, text: &str) {
+        self.emit(format!("# {text}"));
+    }
+
+    /// A line printed verbatim (not counted).
+    pub fn raw(&mut self, text: &str) {
+        self.emit(text.to_string());
+    }
+
+    pub fn failed(&self) -> u32 {
+        self.failed
+    }
+
+    pub fn summary(&self) -> String {
+        format!("{} passed, {} failed", self.passed, self.failed)
+    }
+
+    #[cfg(test)]
+    pub fn lines(&self) -> &[String] {
+        &self.lines
+    }
+}
+
+/// Why a phase stopped: the step that failed.
+#[derive(Debug)]
+pub struct Stop {
+    pub step: &'static str,
+}
+
+/// A sequence of named checks for one subject, where a failed step makes every later check
+/// of the phase fail as "skipped" (counted as failed, so both drivers always report the same
+/// number of checks).
+pub struct Phase<'a> {
+    rep: &'a mut Reporter,
+    subject: String,
+    names: &'static [&'static str],
+    done: Vec<&'static str>,
+}
+
+impl<'a> Phase<'a> {
+    pub fn new(rep: &'a mut Reporter, subject: String, names: &'static [&'static str]) -> Self {
+        Phase {
+            rep,
+            subject,
+            names,
+            done: Vec::new(),
+        }
+    }
+
+    fn mark(&mut self, name: &'static str) {
+        debug_assert!(self.names.contains(&name), "check {name} not declared");
+        debug_assert!(!self.done.contains(&name), "check {name} reported twice");
+        self.done.push(name);
+    }
+
+    pub fn pass(&mut self, name: &'static str) {
+        self.mark(name);
+        self.rep.pass(&self.subject, name);
+    }
+
+    pub fn fail(&mut self, name: &'static str, detail: &str) {
+        self.mark(name);
+        self.rep.fail(&self.subject, name, detail);
+    }
+
+    pub fn note(&mut self, text: &str) {
+        let line = format!("{} {text}", self.subject);
+        self.rep.note(&line);
+    }
+
+    /// A step later checks depend on: PASS and return the value, or FAIL and stop the phase.
+    pub fn step<T>(&mut self, name: &'static str, r: Result<T, String>) -> Result<T, Stop> {
+        match r {
+            Ok(v) => {
+                self.pass(name);
+                Ok(v)
+            }
+            Err(detail) => {
+                self.fail(name, &detail);
+                Err(Stop { step: name })
+            }
+        }
+    }
+
+    /// A check nothing depends on.
+    pub fn expect(&mut self, name: &'static str, ok: bool, detail: impl FnOnce() -> String) {
+        if ok {
+            self.pass(name);
+        } else {
+            let d = detail();
+            self.fail(name, &d);
+        }
+    }
+
+    /// Report every check not reported yet as a failure: skipped because of `why`.
+    pub fn skip_rest(&mut self, why: &str) {
+        let names = self.names;
+        for name in names {
+            if !self.done.contains(name) {
+                self.fail(name, &format!("skipped: {why}"));
+            }
+        }
+    }
+
+    /// End the phase: checks a failed step prevented are reported as skipped failures.
+    pub fn finish(mut self, outcome: Result<(), Stop>) {
+        let why = match outcome {
+            Ok(()) => "not reached".to_string(),
+            Err(stop) => format!("{} failed", stop.step),
+        };
+        self.skip_rest(&why);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NAMES: &[&str] = &["a", "b", "c", "d"];
+
+    #[test]
+    fn pass_and_fail_lines() {
+        let mut rep = Reporter::collect();
+        rep.pass("edu vfio-pci", "group-open");
+        rep.fail("edu vfio-pci-rs", "get-info-flags", "expected 0x3 got 0x2");
+        rep.note("hello");
+        assert_eq!(
+            rep.lines(),
+            [
+                "PASS edu vfio-pci group-open",
+                "FAIL edu vfio-pci-rs get-info-flags: expected 0x3 got 0x2",
+                "# hello",
+            ]
+        );
+        assert_eq!(rep.summary(), "1 passed, 1 failed");
+        assert_eq!(rep.failed(), 1);
+    }
+
+    #[test]
+    fn multi_line_detail_stays_on_one_line() {
+        let mut rep = Reporter::collect();
+        rep.fail("x", "y", "one\ntwo");
+        assert_eq!(rep.lines(), ["FAIL x y: one | two"]);
+    }
+
+    #[test]
+    fn failed_step_skips_the_rest_as_failures() {
+        let mut rep = Reporter::collect();
+        let mut p = Phase::new(&mut rep, "edu vfio-pci".into(), NAMES);
+        let r = (|| {
+            let v = p.step("a", Ok::<_, String>(7))?;
+            assert_eq!(v, 7);
+            p.expect("b", false, || "nope".into());
+            p.step::<()>("c", Err("ENOENT".into()))?;
+            p.pass("d");
+            Ok(())
+        })();
+        p.finish(r);
+        assert_eq!(
+            rep.lines(),
+            [
+                "PASS edu vfio-pci a",
+                "FAIL edu vfio-pci b: nope",
+                "FAIL edu vfio-pci c: ENOENT",
+                "FAIL edu vfio-pci d: skipped: c failed",
+            ]
+        );
+        assert_eq!(rep.summary(), "1 passed, 3 failed");
+    }
+
+    #[test]
+    fn blocked_phase_fails_every_check() {
+        let mut rep = Reporter::collect();
+        let mut p = Phase::new(&mut rep, "edu vfio-pci-rs".into(), NAMES);
+        p.skip_rest("bind failed");
+        p.finish(Ok(()));
+        assert_eq!(rep.summary(), "0 passed, 4 failed");
+        assert_eq!(
+            rep.lines()[0],
+            "FAIL edu vfio-pci-rs a: skipped: bind failed"
+        );
+    }
+
+    #[test]
+    fn complete_phase_adds_nothing() {
+        let mut rep = Reporter::collect();
+        let mut p = Phase::new(&mut rep, "s".into(), &["a"]);
+        p.pass("a");
+        p.finish(Ok(()));
+        assert_eq!(rep.summary(), "1 passed, 0 failed");
+    }
+}
