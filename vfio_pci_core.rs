@@ -157,8 +157,8 @@ impl VfioPciCore {
         Ok(vdev)
     }
 
-    /// The PCI function of `vdev`, bound to this driver while callbacks run.
-    fn pdev(vdev: &vfio::Device<Self>) -> Result<&pci::Device<Bound>> {
+    /// The PCI function of `vdev`.
+    fn pdev(vdev: &vfio::Device<Self, Bound>) -> Result<&pci::Device<Bound>> {
         vdev.parent().try_into()
     }
 
@@ -264,7 +264,7 @@ impl vfio::Driver for VfioPciCore {
     const NAME: &'static CStr = c"vfio-pci-rs";
 
     /// `vfio_pci_core_enable()`.
-    fn open_device(vdev: &vfio::Device<Self>, this: Pin<&Self>) -> Result {
+    fn open_device(vdev: &vfio::Device<Self, Bound>, this: Pin<&Self>) -> Result {
         let pdev = Self::pdev(vdev)?;
 
         // Don't allow our initial saved state to include busmaster.
@@ -292,7 +292,7 @@ impl vfio::Driver for VfioPciCore {
     }
 
     /// `vfio_pci_core_disable()`.
-    fn close_device(vdev: &vfio::Device<Self>, this: Pin<&Self>) {
+    fn close_device(vdev: &vfio::Device<Self, Bound>, this: Pin<&Self>) {
         let Ok(pdev) = Self::pdev(vdev) else {
             return;
         };
@@ -332,7 +332,12 @@ impl vfio::Driver for VfioPciCore {
     }
 
     /// `vfio_pci_core_ioctl()`.
-    fn ioctl(vdev: &vfio::Device<Self>, this: Pin<&Self>, cmd: u32, arg: UserPtr) -> Result<isize> {
+    fn ioctl(
+        vdev: &vfio::Device<Self, Bound>,
+        this: Pin<&Self>,
+        cmd: u32,
+        arg: UserPtr,
+    ) -> Result<isize> {
         let pdev = Self::pdev(vdev)?;
         match cmd {
             vfio::DEVICE_GET_INFO => this.ioctl_get_info(pdev, arg),

@@ -65,14 +65,14 @@ pub trait Driver: Sized + Send + Sync + 'static {
     const NAME: &'static CStr;
 
     /// The first user opened the device (`open_device`); called under the device set lock.
-    fn open_device(device: &Device<Self>, data: Pin<&Self::Data>) -> Result;
+    fn open_device(device: &Device<Self, device::Bound>, data: Pin<&Self::Data>) -> Result;
 
     /// The last user closed the device (`close_device`); called under the device set lock.
-    fn close_device(device: &Device<Self>, data: Pin<&Self::Data>);
+    fn close_device(device: &Device<Self, device::Bound>, data: Pin<&Self::Data>);
 
     /// An ioctl on the device file that the VFIO core does not handle itself.
     fn ioctl(
-        device: &Device<Self>,
+        device: &Device<Self, device::Bound>,
         data: Pin<&Self::Data>,
         cmd: u32,
         arg: UserPtr,
@@ -81,7 +81,10 @@ pub trait Driver: Sized + Send + Sync + 'static {
 
 /// A VFIO device: a [`struct vfio_device`] allocated by the VFIO core.
 ///
-/// `#[repr(C)]` with the `vfio_device` at offset 0, as `vfio_alloc_device()` requires.
+/// `#[repr(C)]` with the `vfio_device` at offset 0, as `vfio_alloc_device()` requires. As for
+/// bus devices, `Ctx` says what is known of the parent: callbacks get a
+/// `&Device<T, Bound>`, whose [`Device::parent`] is bound to the driver; a reference counted
+/// `ARef<Device<T>>` is [`device::Normal`].
 ///
 /// # Invariants
 ///
@@ -91,12 +94,15 @@ pub trait Driver: Sized + Send + Sync + 'static {
 /// - `data` is null, or points to the `T::Data` of the live [`Registration`] of this device; it
 ///   is only written before `vfio_register_group_dev()` and after
 ///   `vfio_unregister_group_dev()`.
+/// - A `&Device<T, Bound>` only exists while the device is registered, so while its parent is
+///   bound to the driver and `data` is valid.
 ///
 /// [`struct vfio_device`]: srctree/include/linux/vfio.h
 #[repr(C)]
-pub struct Device<T: Driver> {
+pub struct Device<T: Driver, Ctx: device::DeviceContext = device::Normal> {
     vdev: Opaque<bindings::vfio_device>,
     data: Opaque<*const T::Data>,
+    _ctx: PhantomData<Ctx>,
 }
 
 impl<T: Driver> Device<T> {
@@ -123,17 +129,36 @@ impl<T: Driver> Device<T> {
         Ok(unsafe { ARef::from_raw(this) })
     }
 
+    /// Returns the parent device.
+    fn parent_device(&self) -> &device::Device {
+        // SAFETY: `dev` was set by `_vfio_alloc_device()` to the parent device, which the
+        // `vfio_device` holds a reference on.
+        unsafe { device::Device::from_raw((*self.as_raw()).dev) }
+    }
+}
+
+impl<T: Driver, Ctx: device::DeviceContext> Device<T, Ctx> {
     fn as_raw(&self) -> *mut bindings::vfio_device {
         self.vdev.get()
     }
 
-    /// Borrows a [`Device<T>`] from the `vfio_device` pointer the VFIO core passes to the ops.
+    /// Returns the number of the device's character device, the `X` of `/dev/vfio/devices/vfioX`.
+    pub fn index(&self) -> u32 {
+        // SAFETY: `index` is set at allocation and never changes.
+        unsafe { (*self.as_raw()).index }
+    }
+}
+
+impl<T: Driver> Device<T, device::Bound> {
+    /// Borrows the device from the `vfio_device` pointer the VFIO core passes to the ops.
     ///
     /// # Safety
     ///
-    /// `ptr` must point to the `vfio_device` of a live [`Device<T>`].
+    /// `ptr` must point to the `vfio_device` of a live [`Device<T>`] that is registered, so its
+    /// parent is bound (the registration is devres-managed).
     unsafe fn from_raw<'a>(ptr: *mut bindings::vfio_device) -> &'a Self {
-        // SAFETY: By the safety requirements, `ptr` is at offset 0 of a live `Device<T>`.
+        // SAFETY: By the safety requirements, `ptr` is at offset 0 of a live `Device<T>`;
+        // `Device<T, Bound>` has the same layout.
         unsafe { &*ptr.cast() }
     }
 
@@ -151,26 +176,17 @@ impl<T: Driver> Device<T> {
     }
 
     /// Returns the parent device, bound to the driver.
-    ///
-    /// Only reachable from a callback, which only runs while the device is registered and thus
-    /// while the parent is bound (the registration is devres-managed).
     pub fn parent(&self) -> &device::Device<device::Bound> {
         // SAFETY: `dev` was set by `_vfio_alloc_device()` to the parent device, which the
         // `vfio_device` holds a reference on.
         let dev = unsafe { (*self.as_raw()).dev };
-        // SAFETY: `&Device<T>` is only handed out to callbacks, which only run while the
-        // devres-owned `Registration` exists, i.e. while the parent is bound.
+        // SAFETY: By the type invariant of `Device<T, Bound>` (see `from_raw`), the parent is
+        // bound while `self` is borrowed.
         unsafe { device::Device::from_raw(dev) }
-    }
-
-    /// Returns the number of the device's character device, the `X` of `/dev/vfio/devices/vfioX`.
-    pub fn index(&self) -> u32 {
-        // SAFETY: `index` is set at allocation and never changes.
-        unsafe { (*self.as_raw()).index }
     }
 }
 
-impl<T: Driver> AsRef<device::Device> for Device<T> {
+impl<T: Driver, Ctx: device::DeviceContext> AsRef<device::Device> for Device<T, Ctx> {
     fn as_ref(&self) -> &device::Device {
         // SAFETY: `self` holds a live `vfio_device`, whose `device` is initialised.
         let dev = unsafe { &raw mut (*self.as_raw()).device };
@@ -255,8 +271,7 @@ impl<T: Driver> Registration<T> {
         dev_set: Option<DeviceSetKey>,
         data: impl PinInit<T::Data, Error>,
     ) -> Result {
-        let dev_parent: &device::Device = dev.parent();
-        if !core::ptr::eq(dev_parent, &**parent) {
+        if !core::ptr::eq(dev.parent_device(), &**parent) {
             return Err(EINVAL);
         }
 
@@ -344,17 +359,29 @@ impl InfoCaps {
         self.caps.size
     }
 
-    /// Copies the chain to userspace at `dst`, with offsets relative to `dst - offset`
-    /// (`vfio_info_cap_shift()`), as the info struct of `offset` bytes precedes it.
-    pub fn copy_to_user(&mut self, dst: UserPtr, offset: usize) -> Result {
-        if self.caps.size == 0 {
-            return Ok(());
+    /// Makes the `next` offsets of the chain relative to a buffer in which `offset` bytes
+    /// precede it (`vfio_info_cap_shift()`).
+    fn shift(&mut self, offset: usize) {
+        if self.caps.size != 0 {
+            // SAFETY: `self.caps` is a valid, non-empty chain.
+            unsafe { bindings::vfio_info_cap_shift(&mut self.caps, offset) };
         }
-        // SAFETY: `self.caps` is a valid chain.
-        unsafe { bindings::vfio_info_cap_shift(&mut self.caps, offset) };
-        // SAFETY: By the type invariant, `buf` holds `size` initialised bytes.
-        let bytes =
-            unsafe { core::slice::from_raw_parts(self.caps.buf.cast::<u8>(), self.caps.size) };
+    }
+
+    /// The chain's bytes.
+    fn as_bytes(&self) -> &[u8] {
+        if self.caps.size == 0 {
+            return &[];
+        }
+        // SAFETY: By the type invariant, `buf` holds `size` initialised bytes owned by `self`.
+        unsafe { core::slice::from_raw_parts(self.caps.buf.cast::<u8>(), self.caps.size) }
+    }
+
+    /// Copies the chain to userspace at `dst`, with offsets relative to `dst - offset`, as the
+    /// info struct of `offset` bytes precedes it.
+    pub fn copy_to_user(&mut self, dst: UserPtr, offset: usize) -> Result {
+        self.shift(offset);
+        let bytes = self.as_bytes();
         UserSlice::new(dst, bytes.len()).writer().write_slice(bytes)
     }
 }
@@ -431,8 +458,8 @@ impl<T: Driver> VTable<T> {
     ///
     /// Called by the VFIO core with a registered `vfio_device` of a [`Device<T>`].
     unsafe extern "C" fn open_device(vdev: *mut bindings::vfio_device) -> c_int {
-        // SAFETY: By the safety requirements, `vdev` belongs to a live `Device<T>`.
-        let dev = unsafe { Device::<T>::from_raw(vdev) };
+        // SAFETY: By the safety requirements, `vdev` belongs to a live, registered `Device<T>`.
+        let dev = unsafe { Device::<T, device::Bound>::from_raw(vdev) };
         from_result(|| {
             // SAFETY: We are in a callback of a registered device.
             unsafe { dev.with_data(|data| T::open_device(dev, data)) }?;
@@ -444,8 +471,8 @@ impl<T: Driver> VTable<T> {
     ///
     /// Called by the VFIO core with a registered `vfio_device` of a [`Device<T>`].
     unsafe extern "C" fn close_device(vdev: *mut bindings::vfio_device) {
-        // SAFETY: By the safety requirements, `vdev` belongs to a live `Device<T>`.
-        let dev = unsafe { Device::<T>::from_raw(vdev) };
+        // SAFETY: By the safety requirements, `vdev` belongs to a live, registered `Device<T>`.
+        let dev = unsafe { Device::<T, device::Bound>::from_raw(vdev) };
         // SAFETY: We are in a callback of a registered device.
         unsafe { dev.with_data(|data| T::close_device(dev, data)) }
     }
@@ -458,12 +485,83 @@ impl<T: Driver> VTable<T> {
         cmd: c_uint,
         arg: c_ulong,
     ) -> c_long {
-        // SAFETY: By the safety requirements, `vdev` belongs to a live `Device<T>`.
-        let dev = unsafe { Device::<T>::from_raw(vdev) };
+        // SAFETY: By the safety requirements, `vdev` belongs to a live, registered `Device<T>`.
+        let dev = unsafe { Device::<T, device::Bound>::from_raw(vdev) };
         let arg = UserPtr::from_addr(arg);
         from_result(|| {
             // SAFETY: We are in a callback of a registered device.
             unsafe { dev.with_data(|data| T::ioctl(dev, data, cmd, arg)) }
         })
+    }
+}
+
+#[macros::kunit_tests(rust_vfio)]
+mod tests {
+    use super::*;
+
+    fn atomic_cap(flags: u32) -> uapi::vfio_device_info_cap_pci_atomic_comp {
+        uapi::vfio_device_info_cap_pci_atomic_comp {
+            header: uapi::vfio_info_cap_header {
+                id: uapi::VFIO_DEVICE_INFO_CAP_PCI_ATOMIC_COMP as u16,
+                version: 1,
+                next: 0,
+            },
+            flags,
+            reserved: 0,
+        }
+    }
+
+    fn header_at(bytes: &[u8], offset: usize) -> (u16, u16, u32) {
+        let field = |at: usize, len: usize| {
+            bytes[offset + at..offset + at + len]
+                .iter()
+                .rev()
+                .fold(0u32, |acc, &b| (acc << 8) | u32::from(b))
+        };
+        (field(0, 2) as u16, field(2, 2) as u16, field(4, 4))
+    }
+
+    #[test]
+    fn empty_chain() {
+        let mut caps = InfoCaps::new();
+        caps.shift(24);
+        assert_eq!(caps.size(), 0);
+        assert!(caps.as_bytes().is_empty());
+    }
+
+    #[test]
+    fn one_capability() -> Result {
+        let mut caps = InfoCaps::new();
+        caps.add(&atomic_cap(uapi::VFIO_PCI_ATOMIC_COMP64))?;
+        assert_eq!(
+            caps.size(),
+            size_of::<uapi::vfio_device_info_cap_pci_atomic_comp>()
+        );
+        caps.shift(size_of::<uapi::vfio_device_info>());
+        let id = uapi::VFIO_DEVICE_INFO_CAP_PCI_ATOMIC_COMP as u16;
+        // The last capability's `next` stays 0 after the shift.
+        assert_eq!(header_at(caps.as_bytes(), 0), (id, 1, 0));
+        assert_eq!(caps.as_bytes()[8], uapi::VFIO_PCI_ATOMIC_COMP64 as u8);
+        Ok(())
+    }
+
+    #[test]
+    fn chain_offsets_are_shifted() -> Result {
+        let mut caps = InfoCaps::new();
+        caps.add(&atomic_cap(1))?;
+        caps.add(&atomic_cap(2))?;
+        let cap_size = size_of::<uapi::vfio_device_info_cap_pci_atomic_comp>();
+        assert_eq!(caps.size(), 2 * cap_size);
+        // Before the shift, `next` is relative to the chain; after, to the info struct.
+        assert_eq!(header_at(caps.as_bytes(), 0).2 as usize, cap_size);
+        let info_size = size_of::<uapi::vfio_device_info>();
+        caps.shift(info_size);
+        assert_eq!(
+            header_at(caps.as_bytes(), 0).2 as usize,
+            info_size + cap_size
+        );
+        assert_eq!(header_at(caps.as_bytes(), cap_size).2, 0);
+        assert_eq!(caps.as_bytes()[cap_size + 8], 2);
+        Ok(())
     }
 }
