@@ -15,6 +15,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 
 VM_TIMEOUT=${VM_TIMEOUT:-3600}
 VM_MEMORY=${VM_MEMORY:-2G}
+VM_CPUS=${VM_CPUS:-2}
 
 out=$(mktemp -d "$CACHE/vm-run.XXXXXX")
 trap 'rm -rf "$out"' EXIT
@@ -58,7 +59,7 @@ tail_pid=$!
 
 set +e
 (cd "$KDIR" && timeout "$VM_TIMEOUT" vng --disable-kvm --disable-microvm --verbose \
-	--memory "$VM_MEMORY" --cpus 2 \
+	--memory "$VM_MEMORY" --cpus "$VM_CPUS" \
 	--append "intel_iommu=on iommu=pt" \
 	--qemu-opts="$qemu_opts" \
 	--rwdir="$out" \

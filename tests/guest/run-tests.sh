@@ -51,8 +51,7 @@ for suite in "${KUNIT_SUITES[@]}"; do
 done
 
 echo "== integration (vfio-pci vs vfio-pci-rs)"
-"$CLIENT" "${TWINS[@]}" > /tmp/client.out 2>&1
-cat /tmp/client.out
+"$CLIENT" "${TWINS[@]}" 2>&1 | tee /tmp/client.out
 summary=$(grep -E '^[0-9]+ passed, [0-9]+ failed' /tmp/client.out | tail -n1)
 if [ -z "$summary" ]; then
 	bad "integration client printed no summary"
@@ -60,6 +59,75 @@ else
 	pass=$((pass + $(echo "$summary" | cut -d' ' -f1)))
 	fail=$((fail + $(echo "$summary" | cut -d' ' -f3)))
 fi
+
+echo "== open device vs unbind and rmmod"
+# now_ms: milliseconds since boot.
+now_ms() { awk '{ printf "%d\n", $1 * 1000 }' /proc/uptime; }
+
+# hold_device BDF SECONDS [--cdev]: open the device in the background until "held".
+hold_device() {
+	"$CLIENT" hold "$@" > /tmp/hold.out 2>&1 &
+	hold_pid=$!
+	for _ in $(seq 100); do
+		grep -q '^held ' /tmp/hold.out && return 0
+		kill -0 "$hold_pid" 2>/dev/null || break
+		sleep 0.1
+	done
+	cat /tmp/hold.out
+	return 1
+}
+
+# Each driver in turn on the edu twin: with the device open, rmmod is refused (the open
+# holds the module), and unbinding waits until the device is closed; with only the cdev
+# open (not bound to iommufd), rmmod waits for the close.
+lifecycle() {
+	local drv=$1 mod=$2 bdf=$3 t0 t1
+	"$CLIENT" bind "$bdf" "$drv" > /dev/null || { bad "$drv lifecycle: bind"; return; }
+
+	if hold_device "$bdf" 4; then
+		if rmmod "$mod" 2> /tmp/rmmod.err; then
+			bad "$drv rmmod refused while device open"
+			modprobe "$mod"
+		else
+			ok "$drv rmmod refused while device open ($(tr -d '\n' < /tmp/rmmod.err))"
+		fi
+		t0=$(now_ms)
+		echo "$bdf" > "/sys/bus/pci/devices/$bdf/driver/unbind"
+		t1=$(now_ms)
+		wait "$hold_pid"
+		if grep -q '^released ' /tmp/hold.out && [ $((t1 - t0)) -ge 1000 ]; then
+			ok "$drv unbind waited $((t1 - t0)) ms for the device to be closed"
+		else
+			bad "$drv unbind returned after $((t1 - t0)) ms: $(cat /tmp/hold.out)"
+		fi
+	else
+		bad "$drv hold (group open)"
+	fi
+
+	"$CLIENT" bind "$bdf" "$drv" > /dev/null || { bad "$drv lifecycle: rebind"; return; }
+	if hold_device "$bdf" 3 --cdev; then
+		t0=$(now_ms)
+		if rmmod "$mod"; then
+			t1=$(now_ms)
+			wait "$hold_pid"
+			if [ $((t1 - t0)) -ge 1000 ]; then
+				ok "$drv rmmod waited $((t1 - t0)) ms for the open cdev"
+			else
+				bad "$drv rmmod returned after $((t1 - t0)) ms with the cdev open"
+			fi
+		else
+			wait "$hold_pid"
+			bad "$drv rmmod with the cdev open failed"
+		fi
+		modprobe "$mod" || bad "$drv modprobe again"
+	else
+		bad "$drv hold (cdev open)"
+	fi
+	"$CLIENT" unbind "$bdf" > /dev/null
+}
+edu=${TWINS[0]#*=}
+lifecycle vfio-pci vfio_pci "${edu%,*}"
+lifecycle vfio-pci-rs vfio_pci_rs "${edu#*,}"
 
 echo "== module unload"
 for m in vfio_pci_rs vfio_pci; do

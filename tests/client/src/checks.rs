@@ -11,6 +11,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::cli::{Driver, Twin};
+use crate::mixed;
 use crate::report::{Phase, Reporter, Stop};
 use crate::sys::{self, err_name, InfoBuf, ValueIoctl};
 use crate::sysfs;
@@ -216,7 +217,7 @@ pub fn get_info(dev: &File) -> io::Result<InfoQuery> {
 }
 
 /// Wait briefly for a device node (devtmpfs creates them asynchronously to us), then open it.
-fn open_node(path: &Path) -> Result<File, String> {
+pub fn open_node(path: &Path) -> Result<File, String> {
     sysfs::wait_for(|| path.exists(), Duration::from_secs(2));
     sys::open_rw(path).map_err(|e| format!("open {}: {}", path.display(), err_name(&e)))
 }
@@ -232,15 +233,31 @@ fn group_node(group: u32) -> (PathBuf, bool) {
     }
 }
 
-/// A device opened through the legacy container/group path. Fields drop in declaration
-/// order: device, then group (which leaves the container), then container; the latter two
-/// are only held to keep the device usable.
-pub struct GroupDevice {
-    pub device: File,
-    _group: File,
+/// A container with one group attached and its IOMMU set: what every device fd of the
+/// group needs. Fields drop in declaration order: the group (which leaves the container),
+/// then the container. Device fds opened from it must be dropped first.
+pub struct GroupSession {
+    pub group: File,
     _container: File,
     pub group_id: u32,
+    /// `/dev/vfio/<group>` (or `noiommu-<group>`).
+    pub node: PathBuf,
     pub iommu_type: &'static str,
+}
+
+impl GroupSession {
+    /// `VFIO_GROUP_GET_DEVICE_FD` for `bdf`.
+    pub fn device_fd(&self, bdf: &str) -> io::Result<File> {
+        let cname = CString::new(bdf).expect("a validated BDF has no NUL");
+        sys::group_get_device_fd(&self.group, &cname)
+    }
+}
+
+/// A device opened through the legacy container/group path. Fields drop in declaration
+/// order: the device, then the session it was opened from.
+pub struct GroupDevice {
+    pub device: File,
+    pub session: GroupSession,
 }
 
 /// Receives the outcome of each step of [`open_via_group`].
@@ -271,6 +288,17 @@ impl Steps for Quiet {
 
 /// Check 1: container, group, IOMMU, device fd.
 pub fn open_via_group(bdf: &str, s: &mut impl Steps) -> Result<GroupDevice, Stop> {
+    let session = open_group(bdf, s)?;
+    let device = s.step(
+        "get-device-fd",
+        session.device_fd(bdf).map_err(|e| err_name(&e)),
+    )?;
+    Ok(GroupDevice { device, session })
+}
+
+/// The part of check 1 before the device fd: container, `bdf`'s group, IOMMU type (type1v2
+/// preferred, type1 next; noiommu for a no-IOMMU group).
+pub fn open_group(bdf: &str, s: &mut impl Steps) -> Result<GroupSession, Stop> {
     let group_id = s.step(
         "iommu-group",
         sysfs::iommu_group(bdf).map_err(|e| format!("readlink iommu_group: {}", err_name(&e))),
@@ -337,16 +365,11 @@ pub fn open_via_group(bdf: &str, s: &mut impl Steps) -> Result<GroupDevice, Stop
                 .map_err(|e| format!("VFIO_SET_IOMMU({name}): {}", err_name(&e))),
         }
     })?;
-    let cname = CString::new(bdf).expect("a validated BDF has no NUL");
-    let device = s.step(
-        "get-device-fd",
-        sys::group_get_device_fd(&group, &cname).map_err(|e| err_name(&e)),
-    )?;
-    Ok(GroupDevice {
-        device,
-        _group: group,
+    Ok(GroupSession {
+        group,
         _container: container,
         group_id,
+        node,
         iommu_type,
     })
 }
@@ -379,7 +402,7 @@ pub fn group_phase(p: &mut Phase, bdf: &str, rec: &mut Record) -> Result<(), Sto
     let gd = open_via_group(bdf, p)?;
     p.note(&format!(
         "{bdf} iommu_group {} iommu {}",
-        gd.group_id, gd.iommu_type
+        gd.session.group_id, gd.session.iommu_type
     ));
     let dev = &gd.device;
 
@@ -718,6 +741,22 @@ pub fn run_twin(rep: &mut Reporter, twin: &Twin, drivers: &[Driver]) {
         parity(rep, &twin.name, c, rs);
     }
 
+    // Both devices in one IOMMU group (e.g. two functions on one conventional bus): open
+    // them together and check the C driver will not reset the bus under the Rust device.
+    let both_drivers = Driver::ALL.iter().all(|d| drivers.contains(d));
+    if let Some(group) = both_drivers.then(|| mixed::shared_group(twin)).flatten() {
+        let mut p = Phase::new(rep, format!("{} mixed", twin.name), mixed::MIXED_CHECKS);
+        if Driver::ALL
+            .iter()
+            .all(|d| bound.get(d).is_some_and(|b| b.is_ok()))
+        {
+            let r = mixed::mixed_phase(&mut p, twin, group);
+            p.finish(r);
+        } else {
+            p.skip_rest("bind failed");
+        }
+    }
+
     for &d in drivers {
         let subject = format!("{} {d}", twin.name);
         match sysfs::restore(twin.bdf(d)) {
@@ -861,8 +900,8 @@ pub fn info(bdf: &str) -> Result<(), String> {
     let mut quiet = Quiet::default();
     let gd =
         open_via_group(bdf, &mut quiet).map_err(|_| quiet.failure.take().unwrap_or_default())?;
-    println!("iommu_group {}", gd.group_id);
-    println!("iommu {}", gd.iommu_type);
+    println!("iommu_group {}", gd.session.group_id);
+    println!("iommu {}", gd.session.iommu_type);
     match sysfs::vfio_cdev_name(bdf) {
         Ok(n) => println!("cdev /dev/vfio/devices/{n}"),
         Err(e) => println!("cdev none ({})", err_name(&e)),

@@ -1,6 +1,7 @@
 //! Command-line parsing (pure logic, unit-tested).
 
 use std::fmt;
+use std::time::Duration;
 
 pub const USAGE: &str = "\
 usage:
@@ -10,9 +11,15 @@ usage:
       compared. --driver (repeatable) selects the drivers to test (default: both);
       --only-driver NAME tests that driver alone (no parity checks).
       Prints PASS/FAIL lines and ends with `N passed, N failed`; exits 1 if any failed.
+      When both devices of a twin are in one IOMMU group, a `mixed` phase also opens them
+      together through that group (checks `<twin> mixed <check>`).
   vfio-test bind BDF DRIVER     bind BDF to DRIVER via driver_override + drivers_probe
   vfio-test unbind BDF          unbind BDF and clear its driver_override
   vfio-test info BDF            open BDF through its VFIO group and print GET_INFO
+  vfio-test hold BDF SECONDS [--cdev]
+      open BDF (through its group, type1v2 container: fully opened; with --cdev only
+      open() /dev/vfio/devices/vfioN, no iommufd bound), print `held BDF PATH`, sleep
+      SECONDS (decimal, e.g. 5 or 0.5), close, print `released BDF`; exit 1 on a failure
 ";
 
 /// The two drivers under comparison.
@@ -86,6 +93,11 @@ pub enum Cmd {
     Info {
         bdf: String,
     },
+    Hold {
+        bdf: String,
+        time: Duration,
+        cdev: bool,
+    },
     Help,
 }
 
@@ -147,6 +159,18 @@ pub fn parse_twin(s: &str) -> Result<Twin, String> {
     })
 }
 
+/// A number of seconds: digits, optionally a fraction (`5`, `0.5`); no sign, no exponent.
+pub fn parse_seconds(s: &str) -> Result<Duration, String> {
+    let bad = || format!("bad number of seconds {s:?} (expected e.g. 5 or 0.5)");
+    let (int, frac) = s.split_once('.').unwrap_or((s, "0"));
+    let digits = |x: &str| !x.is_empty() && x.chars().all(|c| c.is_ascii_digit());
+    if !digits(int) || !digits(frac) {
+        return Err(bad());
+    }
+    let secs: f64 = s.parse().map_err(|_| bad())?;
+    Duration::try_from_secs_f64(secs).map_err(|_| bad())
+}
+
 fn one_arg(cmd: &str, rest: &[String]) -> Result<String, String> {
     match rest {
         [bdf] => parse_bdf(bdf),
@@ -187,6 +211,18 @@ pub fn parse(args: &[String]) -> Result<Cmd, String> {
             return Ok(Cmd::Info {
                 bdf: one_arg("info", &args[1..])?,
             })
+        }
+        "hold" => {
+            let cdev = args[1..].iter().any(|a| a == "--cdev");
+            let rest: Vec<&String> = args[1..].iter().filter(|a| *a != "--cdev").collect();
+            return match rest.as_slice() {
+                [bdf, secs] if args.len() == 3 + usize::from(cdev) => Ok(Cmd::Hold {
+                    bdf: parse_bdf(bdf)?,
+                    time: parse_seconds(secs)?,
+                    cdev,
+                }),
+                _ => Err("hold takes BDF SECONDS [--cdev]".to_string()),
+            };
         }
         _ => {}
     }
@@ -373,5 +409,50 @@ mod tests {
         assert!(parse(&args(&["unbind"])).is_err());
         assert!(parse(&args(&["info", "a", "b"])).is_err());
         assert!(parse(&args(&["info", "zz"])).is_err());
+    }
+
+    #[test]
+    fn hold() {
+        assert_eq!(
+            parse(&args(&["hold", "0000:0c:01.0", "5"])).unwrap(),
+            Cmd::Hold {
+                bdf: "0000:0c:01.0".into(),
+                time: Duration::from_secs(5),
+                cdev: false
+            }
+        );
+        assert_eq!(
+            parse(&args(&["hold", "0c:02.0", "0.5", "--cdev"])).unwrap(),
+            Cmd::Hold {
+                bdf: "0000:0c:02.0".into(),
+                time: Duration::from_millis(500),
+                cdev: true
+            }
+        );
+        assert_eq!(
+            parse(&args(&["hold", "--cdev", "0c:02.0", "0"])).unwrap(),
+            Cmd::Hold {
+                bdf: "0000:0c:02.0".into(),
+                time: Duration::ZERO,
+                cdev: true
+            }
+        );
+        for bad in [
+            &["hold"][..],
+            &["hold", "0c:02.0"],
+            &["hold", "0c:02.0", "5", "6"],
+            &["hold", "0c:02.0", "5", "--cdev", "--cdev"],
+            &["hold", "0c:02.0", "5", "--frob"],
+            &["hold", "zz", "5"],
+            &["hold", "0c:02.0", "-1"],
+            &["hold", "0c:02.0", "1e3"],
+            &["hold", "0c:02.0", "5s"],
+            &["hold", "0c:02.0", ".5"],
+            &["hold", "0c:02.0", "5."],
+            &["hold", "0c:02.0", "inf"],
+            &["hold", "0c:02.0", "99999999999999999999999999"],
+        ] {
+            assert!(parse(&args(bad)).is_err(), "{bad:?} accepted");
+        }
     }
 }

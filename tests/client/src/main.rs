@@ -7,6 +7,8 @@
 
 mod checks;
 mod cli;
+mod hold;
+mod mixed;
 mod report;
 mod sys;
 mod sysfs;
@@ -37,6 +39,7 @@ fn main() -> ExitCode {
         }
         Cmd::Unbind { bdf } => done(sysfs::restore(&bdf).map(|()| println!("{bdf}: unbound"))),
         Cmd::Info { bdf } => done(checks::info(&bdf)),
+        Cmd::Hold { bdf, time, cdev } => done(hold::hold(&bdf, time, cdev)),
         Cmd::Run { drivers, twins } => {
             let mut rep = Reporter::stdout();
             for twin in &twins {

@@ -5,8 +5,8 @@
 //! - `FAIL <subject> <check>: <detail>`
 //! - `# <free text>` for notes (values, BDFs, offending dmesg lines)
 //!
-//! where `<subject>` is `<twin> <driver>` (e.g. `edu vfio-pci-rs`), `<twin> parity`, or
-//! `kernel`. The run ends with `debug_locks=<value>` and `N passed, N failed`.
+//! where `<subject>` is `<twin> <driver>` (e.g. `edu vfio-pci-rs`), `<twin> parity`,
+//! `<twin> mixed`, or `kernel`. The run ends with `debug_locks=<value>` and `N passed, N failed`.
 
 /// Counts checks and prints (or, in tests, collects) their lines.
 pub struct Reporter {
@@ -151,6 +151,14 @@ impl<'a> Phase<'a> {
         }
     }
 
+    /// A check nothing depends on, whose outcome is a `Result`: PASS, or FAIL with the error.
+    pub fn result(&mut self, name: &'static str, r: Result<(), String>) {
+        match r {
+            Ok(()) => self.pass(name),
+            Err(detail) => self.fail(name, &detail),
+        }
+    }
+
     /// Report every check not reported yet as a failure: skipped because of `why`.
     pub fn skip_rest(&mut self, why: &str) {
         let names = self.names;
@@ -224,6 +232,18 @@ mod tests {
                 "FAIL edu vfio-pci d: skipped: c failed",
             ]
         );
+        assert_eq!(rep.summary(), "1 passed, 3 failed");
+    }
+
+    #[test]
+    fn result_checks() {
+        let mut rep = Reporter::collect();
+        let mut p = Phase::new(&mut rep, "t mixed".into(), NAMES);
+        p.result("a", Ok(()));
+        p.result("b", Err("EBUSY".into()));
+        p.finish(Ok(()));
+        assert_eq!(rep.lines()[0], "PASS t mixed a");
+        assert_eq!(rep.lines()[1], "FAIL t mixed b: EBUSY");
         assert_eq!(rep.summary(), "1 passed, 3 failed");
     }
 

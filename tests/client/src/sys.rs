@@ -6,7 +6,7 @@ use std::ffi::CStr;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::mem::size_of;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::path::Path;
 
 use crate::uapi::{self, IoctlRequest, SizedArg};
@@ -172,6 +172,36 @@ pub fn ioctl_info_buf<R: IoctlRequest>(fd: &impl AsRawFd, buf: &mut InfoBuf) -> 
     // `IoctlRequest` contract the kernel accesses at most max(argsz, fixed minimum) bytes,
     // and argsz <= capacity was checked above. Any bytes are valid `u64`s. `fd` is live.
     check(unsafe { libc::ioctl(fd.as_raw_fd(), R::NR as libc::Ioctl, ptr) })
+}
+
+/// `VFIO_DEVICE_PCI_HOT_RESET` on a group-opened device: `struct vfio_pci_hot_reset` with
+/// `flags` 0 and `group_fds[]` = `group_fds`, `argsz` covering the whole array. (A cdev-opened
+/// device takes an empty array.)
+pub fn pci_hot_reset(dev: &impl AsRawFd, group_fds: &[BorrowedFd<'_>]) -> io::Result<i32> {
+    let count =
+        u32::try_from(group_fds.len()).map_err(|_| io::Error::from_raw_os_error(libc::E2BIG))?;
+    let header = uapi::VfioPciHotReset {
+        argsz: uapi::size_u32::<uapi::VfioPciHotReset>() + 4 * count,
+        flags: 0,
+        count,
+    };
+    // The structure as `__u32`s: the 12-byte header, then the `__s32` fds (4-aligned, at
+    // offset 12 as in the C layout), each stored as its bit pattern.
+    let mut words: Vec<u32> = vec![header.argsz, header.flags, header.count];
+    words.extend(group_fds.iter().map(|fd| fd.as_raw_fd() as u32));
+    let ptr = words.as_mut_ptr();
+    // SAFETY: `ptr` points to a live, exclusively borrowed, 4-byte aligned allocation of
+    // `12 + 4 * count` bytes. The handler reads the 12-byte header, then exactly `count`
+    // `__s32`s from `group_fds[]` (it bounds `count` by the number of functions on the bus
+    // and reads nothing else) and writes nothing back. The group fds are borrowed, so they
+    // stay open for the call; `dev` is a live descriptor.
+    check(unsafe {
+        libc::ioctl(
+            dev.as_raw_fd(),
+            uapi::VFIO_DEVICE_PCI_HOT_RESET as libc::Ioctl,
+            ptr,
+        )
+    })
 }
 
 /// The symbolic name of an errno value, e.g. `EINVAL`.

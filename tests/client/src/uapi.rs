@@ -124,6 +124,8 @@ pub const VFIO_DEVICE_FLAG_NAMES: [(u32, &str); 9] = [
 pub const VFIO_DEVICE_GET_INFO: u32 = vfio_io(7);
 pub const VFIO_DEVICE_GET_REGION_INFO: u32 = vfio_io(8);
 pub const VFIO_DEVICE_GET_IRQ_INFO: u32 = vfio_io(9);
+pub const VFIO_DEVICE_GET_PCI_HOT_RESET_INFO: u32 = vfio_io(12);
+pub const VFIO_DEVICE_PCI_HOT_RESET: u32 = vfio_io(13);
 pub const VFIO_DEVICE_BIND_IOMMUFD: u32 = vfio_io(18);
 pub const VFIO_DEVICE_ATTACH_IOMMUFD_PT: u32 = vfio_io(19);
 
@@ -168,6 +170,67 @@ pub const VFIO_IRQ_INFO_EVENTFD: u32 = 1 << 0;
 pub const VFIO_IRQ_INFO_MASKABLE: u32 = 1 << 1;
 pub const VFIO_IRQ_INFO_AUTOMASKED: u32 = 1 << 2;
 pub const VFIO_IRQ_INFO_NORESIZE: u32 = 1 << 3;
+
+/// `struct vfio_pci_dependent_device`: one function a hot reset of the device would reset.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VfioPciDependentDevice {
+    /// The union `{ __u32 group_id; __u32 devid; }`: the IOMMU group number, or with
+    /// `VFIO_PCI_HOT_RESET_FLAG_DEV_ID` (cdev-opened device) the iommufd device id.
+    pub group_id_or_devid: u32,
+    pub segment: u16,
+    pub bus: u8,
+    /// Use `PCI_SLOT`/`PCI_FUNC`: `devfn >> 3`, `devfn & 7`.
+    pub devfn: u8,
+}
+
+impl VfioPciDependentDevice {
+    /// Parse one entry from its 8 native-endian bytes.
+    pub fn from_bytes(b: [u8; 8]) -> Self {
+        VfioPciDependentDevice {
+            group_id_or_devid: u32::from_ne_bytes([b[0], b[1], b[2], b[3]]),
+            segment: u16::from_ne_bytes([b[4], b[5]]),
+            bus: b[6],
+            devfn: b[7],
+        }
+    }
+
+    /// The function's address in sysfs form, `DDDD:BB:DD.F`.
+    pub fn bdf(&self) -> String {
+        format!(
+            "{:04x}:{:02x}:{:02x}.{:x}",
+            self.segment,
+            self.bus,
+            self.devfn >> 3,
+            self.devfn & 7
+        )
+    }
+}
+
+/// `struct vfio_pci_hot_reset_info` without its flexible array
+/// `struct vfio_pci_dependent_device devices[]`, which starts at byte 12. The kernel's
+/// minimum `argsz` is `offsetofend(count)` = 12; it answers `-ENOSPC` with `count` filled in
+/// when `argsz` leaves no room for every entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct VfioPciHotResetInfo {
+    pub argsz: u32,
+    pub flags: u32,
+    pub count: u32,
+}
+pub const VFIO_PCI_HOT_RESET_FLAG_DEV_ID: u32 = 1 << 0;
+pub const VFIO_PCI_HOT_RESET_FLAG_DEV_ID_OWNED: u32 = 1 << 1;
+
+/// `struct vfio_pci_hot_reset` without its flexible array `__s32 group_fds[]`, which starts
+/// at byte 12. Not a [`SizedArg`]: the kernel reads `count` group fds after the header
+/// whatever `argsz` says, so `sys::pci_hot_reset` builds the buffer from a slice.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct VfioPciHotReset {
+    pub argsz: u32,
+    pub flags: u32,
+    pub count: u32,
+}
 
 /// `struct vfio_device_bind_iommufd`.
 ///
@@ -256,6 +319,7 @@ sized_arg! {
     VfioDeviceInfo => argsz,
     VfioRegionInfo => argsz,
     VfioIrqInfo => argsz,
+    VfioPciHotResetInfo => argsz,
     VfioDeviceBindIommufd => argsz,
     VfioDeviceAttachIommufdPt => argsz,
     IommuDestroy => size,
@@ -294,6 +358,7 @@ ioctl_request! {
     DeviceGetInfo: VFIO_DEVICE_GET_INFO => VfioDeviceInfo,
     DeviceGetRegionInfo: VFIO_DEVICE_GET_REGION_INFO => VfioRegionInfo,
     DeviceGetIrqInfo: VFIO_DEVICE_GET_IRQ_INFO => VfioIrqInfo,
+    DeviceGetPciHotResetInfo: VFIO_DEVICE_GET_PCI_HOT_RESET_INFO => VfioPciHotResetInfo,
     DeviceBindIommufd: VFIO_DEVICE_BIND_IOMMUFD => VfioDeviceBindIommufd,
     DeviceAttachIommufdPt: VFIO_DEVICE_ATTACH_IOMMUFD_PT => VfioDeviceAttachIommufdPt,
     IommuDestroyReq: IOMMU_DESTROY => IommuDestroy,
@@ -347,6 +412,18 @@ pub fn irq_flags_str(flags: u32) -> String {
     )
 }
 
+/// Render `VFIO_PCI_HOT_RESET_FLAG_*` as `0x3 (DEV_ID|DEV_ID_OWNED)`.
+pub fn hot_reset_info_flags_str(flags: u32) -> String {
+    let names = bits_str(
+        flags,
+        &[
+            (VFIO_PCI_HOT_RESET_FLAG_DEV_ID, "DEV_ID"),
+            (VFIO_PCI_HOT_RESET_FLAG_DEV_ID_OWNED, "DEV_ID_OWNED"),
+        ],
+    );
+    format!("0x{flags:x} ({names})")
+}
+
 fn bits_str(flags: u32, names: &[(u32, &str)]) -> String {
     let mut out: Vec<String> = names
         .iter()
@@ -388,6 +465,8 @@ mod tests {
         assert_eq!(VFIO_DEVICE_GET_INFO, 0x3b6b);
         assert_eq!(VFIO_DEVICE_GET_REGION_INFO, 0x3b6c);
         assert_eq!(VFIO_DEVICE_GET_IRQ_INFO, 0x3b6d);
+        assert_eq!(VFIO_DEVICE_GET_PCI_HOT_RESET_INFO, 0x3b70);
+        assert_eq!(VFIO_DEVICE_PCI_HOT_RESET, 0x3b71);
         assert_eq!(VFIO_DEVICE_BIND_IOMMUFD, 0x3b76);
         assert_eq!(VFIO_DEVICE_ATTACH_IOMMUFD_PT, 0x3b77);
         // The "unknown ioctl" the checks use: VFIO_BASE + 60.
@@ -430,6 +509,21 @@ mod tests {
         assert_eq!(size_of::<VfioIrqInfo>(), 16);
         assert_eq!(offset_of!(VfioIrqInfo, index), 8);
         assert_eq!(offset_of!(VfioIrqInfo, count), 12);
+
+        assert_eq!(size_of::<VfioPciDependentDevice>(), 8);
+        assert_eq!(align_of::<VfioPciDependentDevice>(), 4);
+        assert_eq!(offset_of!(VfioPciDependentDevice, segment), 4);
+        assert_eq!(offset_of!(VfioPciDependentDevice, bus), 6);
+        assert_eq!(offset_of!(VfioPciDependentDevice, devfn), 7);
+
+        // The flexible arrays start right after the 12-byte headers (offsetof(devices) and
+        // offsetof(group_fds) are 12 in the C header: both element types are 4-aligned).
+        assert_eq!(size_of::<VfioPciHotResetInfo>(), 12);
+        assert_eq!(offset_of!(VfioPciHotResetInfo, flags), 4);
+        assert_eq!(offset_of!(VfioPciHotResetInfo, count), 8);
+        assert_eq!(size_of::<VfioPciHotReset>(), 12);
+        assert_eq!(offset_of!(VfioPciHotReset, flags), 4);
+        assert_eq!(offset_of!(VfioPciHotReset, count), 8);
 
         assert_eq!(size_of::<VfioDeviceBindIommufd>(), 24);
         assert_eq!(align_of::<VfioDeviceBindIommufd>(), 8);
@@ -479,6 +573,18 @@ mod tests {
     }
 
     #[test]
+    fn dependent_device_bytes() {
+        let mut b = [0u8; 8];
+        b[..4].copy_from_slice(&32u32.to_ne_bytes());
+        b[4..6].copy_from_slice(&1u16.to_ne_bytes());
+        b[6] = 0x0c;
+        b[7] = (2 << 3) | 1;
+        let d = VfioPciDependentDevice::from_bytes(b);
+        assert_eq!(d.group_id_or_devid, 32);
+        assert_eq!(d.bdf(), "0001:0c:02.1");
+    }
+
+    #[test]
     fn flag_strings() {
         assert_eq!(device_flags_str(0x3), "0x3 (RESET|PCI)");
         assert_eq!(device_flags_str(0x82), "0x82 (PCI|CAPS)");
@@ -486,5 +592,7 @@ mod tests {
         assert_eq!(region_flags_str(0x7), "READ|WRITE|MMAP");
         assert_eq!(region_flags_str(0), "-");
         assert_eq!(irq_flags_str(0x9), "EVENTFD|NORESIZE");
+        assert_eq!(hot_reset_info_flags_str(0), "0x0 (-)");
+        assert_eq!(hot_reset_info_flags_str(3), "0x3 (DEV_ID|DEV_ID_OWNED)");
     }
 }
