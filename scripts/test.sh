@@ -23,6 +23,11 @@ set +e
 vm_start=$SECONDS
 "$here/vm.sh" 'bash tests/guest/run-tests.sh'
 status=$?
+if [ "$status" = 75 ]; then
+	log "the VM stalled before the tests finished; booting it once more"
+	"$here/vm.sh" 'bash tests/guest/run-tests.sh'
+	status=$?
+fi
 set -e
 stages+=("vm (KUnit + integration): $((SECONDS - vm_start)) s")
 

@@ -15,7 +15,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 
 VM_TIMEOUT=${VM_TIMEOUT:-3600}
 VM_MEMORY=${VM_MEMORY:-2G}
-VM_CPUS=${VM_CPUS:-2}
+VM_CPUS=${VM_CPUS:-1}
 
 out=$(mktemp -d "$CACHE/vm-run.XXXXXX")
 trap 'rm -rf "$out"' EXIT
@@ -57,19 +57,53 @@ qemu_opts="-machine q35 ${dev[*]}"
 tail -n +1 -f "$out/output" &
 tail_pid=$!
 
-set +e
-(cd "$KDIR" && timeout "$VM_TIMEOUT" vng --disable-kvm --disable-microvm --verbose \
+(cd "$KDIR" && exec timeout "$VM_TIMEOUT" vng --disable-kvm --disable-microvm --verbose \
 	--memory "$VM_MEMORY" --cpus "$VM_CPUS" \
 	--append "intel_iommu=on iommu=pt" \
 	--qemu-opts="$qemu_opts" \
 	--rwdir="$out" \
-	--exec "bash $here/guest-exec.sh $out") > "$out/console.log" 2>&1
+	--exec "bash $here/guest-exec.sh $out") > "$out/console.log" 2>&1 &
+vng_pid=$!
+
+# A TCG guest with two vCPUs on these machines now and then freezes (QEMU idle, no output)
+# or stops taking timer interrupts (the kernel reports an RCU stall). Stop such a VM instead
+# of waiting for the timeout, and say so with status 75 (EX_TEMPFAIL).
+VM_STALL_SECS=${VM_STALL_SECS:-180}
+stalled=
+last_size=-1
+quiet=0
+while kill -0 "$vng_pid" 2>/dev/null; do
+	if grep -q "rcu: INFO: rcu_preempt detected stalls" "$out/console.log"; then
+		stalled="an RCU stall (timer interrupts lost)"
+	fi
+	size=$(($(stat -c %s "$out/console.log") + $(stat -c %s "$out/output")))
+	if [ "$size" = "$last_size" ]; then
+		quiet=$((quiet + 1))
+		[ "$quiet" -ge "$VM_STALL_SECS" ] && stalled="no output for $VM_STALL_SECS s"
+	else
+		quiet=0
+		last_size=$size
+	fi
+	if [ -n "$stalled" ]; then
+		pkill -f "qemu-system.*$out" 2>/dev/null
+		kill "$vng_pid" 2>/dev/null
+		break
+	fi
+	sleep 1
+done
+set +e
+wait "$vng_pid"
 vng_status=$?
 set -e
 sleep 1
 kill "$tail_pid" 2>/dev/null || true
 wait "$tail_pid" 2>/dev/null || true
 
+if [ -n "$stalled" ]; then
+	log "vm: the guest stalled: $stalled; console tail:"
+	tail -n 30 "$out/console.log" >&2
+	exit 75
+fi
 if [ ! -f "$out/status" ]; then
 	log "vm: the command did not finish (vng exit $vng_status); console tail:"
 	tail -n 80 "$out/console.log" >&2

@@ -233,17 +233,14 @@ impl DeviceSetKey {
     /// own key); a function whose slot can be reset shares its slot's set; any other function
     /// shares its bus's set, since only a bus reset can reset it.
     pub fn for_pci(pdev: &pci::Device<device::Bound>) -> Option<Self> {
-        let raw = pdev.as_raw();
-        // SAFETY: `raw` is a valid `pci_dev`; `bus` and `slot` live as long as it does.
-        unsafe {
-            if bindings::pci_is_root_bus((*raw).bus) || (*raw).is_virtfn() != 0 {
-                None
-            } else if bindings::pci_probe_reset_slot((*raw).slot) == 0 {
-                Some(Self((*raw).slot.cast::<u8>().wrapping_add(1).cast()))
-            } else {
-                Some(Self((*raw).bus.cast::<u8>().wrapping_add(1).cast()))
-            }
+        if pdev.is_on_root_bus() || pdev.is_virtfn() {
+            return None;
         }
+        let scope = match pdev.slot_if_resettable() {
+            Some(slot) => slot.as_ptr().cast::<u8>(),
+            None => pdev.bus_ptr().cast::<u8>(),
+        };
+        Some(Self(scope.wrapping_add(1).cast()))
     }
 }
 

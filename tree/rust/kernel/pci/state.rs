@@ -109,6 +109,26 @@ impl Device {
         unsafe { (*self.as_raw()).is_virtfn() != 0 }
     }
 
+    /// Returns the function's slot if the slot can be reset (`pci_probe_reset_slot()`).
+    ///
+    /// The pointer identifies the slot; the slot lives as long as the function.
+    pub(crate) fn slot_if_resettable(&self) -> Option<NonNull<bindings::pci_slot>> {
+        // SAFETY: `self.as_raw()` is a valid `pci_dev`; `slot` is null or its valid slot.
+        let slot = unsafe { (*self.as_raw()).slot };
+        // SAFETY: `pci_probe_reset_slot()` accepts a null or valid slot and only probes.
+        if unsafe { bindings::pci_probe_reset_slot(slot) } == 0 {
+            NonNull::new(slot)
+        } else {
+            None
+        }
+    }
+
+    /// Returns the function's bus. The pointer identifies the bus, which outlives the function.
+    pub(crate) fn bus_ptr(&self) -> *mut bindings::pci_bus {
+        // SAFETY: `self.as_raw()` is a valid `pci_dev`.
+        unsafe { (*self.as_raw()).bus }
+    }
+
     /// Returns the header type (`PCI_HEADER_TYPE_*`) of the function.
     pub fn header_type(&self) -> u8 {
         // SAFETY: `self.as_raw()` is a valid `pci_dev`.
