@@ -25,8 +25,13 @@ fi
 stamp=$KDIR/.vfio-pci-rs.config-stamp
 want=$(sha256sum "$FRAGMENT" | cut -d' ' -f1)
 if [ ! -f "$KDIR/.config" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-	log "kernel: configuring (vng --kconfig + config/vfio-pci-rs.config)"
-	(cd "$KDIR" && vng --kconfig >/dev/null 2>&1)
+	if [ -n "$KDIR_USER" ] && [ -f "$KDIR/.config" ]; then
+		# The user's own tree keeps its config; the fragment is merged onto it.
+		log "kernel: merging config/vfio-pci-rs.config onto $KDIR/.config"
+	else
+		log "kernel: configuring (vng --kconfig + config/vfio-pci-rs.config)"
+		(cd "$KDIR" && vng --kconfig >/dev/null 2>&1)
+	fi
 	(cd "$KDIR" && scripts/kconfig/merge_config.sh -m .config "$FRAGMENT" >/dev/null)
 	"${MAKE[@]}" -s olddefconfig
 	echo "$want" > "$stamp"
