@@ -11,7 +11,7 @@
 use core::mem::{offset_of, size_of};
 use kernel::{
     device::{Bound, Core},
-    driver,
+    driver, fmt,
     io::Io,
     new_mutex, pci,
     prelude::*,
@@ -379,6 +379,16 @@ struct DynamicId {
     class_mask: u32,
 }
 
+impl fmt::Display for DynamicId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "[{:04x}:{:04x}[{:04x}:{:04x}]] class {:#08x}/{:08x}",
+            self.vendor, self.device, self.subvendor, self.subdevice, self.class, self.class_mask
+        )
+    }
+}
+
 /// Parses a hexadecimal field the way `sscanf("%x")` does: leading white space, an optional
 /// `0x`, then as many hex digits as there are (at least one), truncated to 32 bits.
 fn scan_hex(s: &[u8]) -> Option<(u32, &[u8])> {
@@ -448,25 +458,8 @@ fn add_ids(driver: &driver::Registration<pci::Adapter<VfioPciDriver>>, ids: &[u8
             id.class,
             id.class_mask,
         ) {
-            Ok(()) => pr_info!(
-                "add [{:04x}:{:04x}[{:04x}:{:04x}]] class {:#08x}/{:08x}\n",
-                id.vendor,
-                id.device,
-                id.subvendor,
-                id.subdevice,
-                id.class,
-                id.class_mask
-            ),
-            Err(e) => pr_warn!(
-                "failed to add dynamic id [{:04x}:{:04x}[{:04x}:{:04x}]] class {:#08x}/{:08x} ({})\n",
-                id.vendor,
-                id.device,
-                id.subvendor,
-                id.subdevice,
-                id.class,
-                id.class_mask,
-                e.to_errno()
-            ),
+            Ok(()) => pr_info!("add {}\n", id),
+            Err(e) => pr_warn!("failed to add dynamic id {} ({})\n", id, e.to_errno()),
         }
     }
 }

@@ -129,6 +129,32 @@ edu=${TWINS[0]#*=}
 lifecycle vfio-pci vfio_pci "${edu%,*}"
 lifecycle vfio-pci-rs vfio_pci_rs "${edu#*,}"
 
+echo "== ids= parameter"
+# Each module in turn, loaded with the same ids=: the same messages (past the module name)
+# and both edu functions bound to it through the dynamic ID.
+ids_run() {
+	local mod=$1 drv=$2 before msgs
+	before=$(dmesg | wc -l)
+	modprobe "$mod" ids=1234:11e8,zz,8086,1af4:1110:ffff:ffff:0:0
+	msgs=$(dmesg -t | tail -n +$((before + 1)) | sed -n "s/^$mod: //p")
+	for bdf in ${edu/,/ }; do
+		[ "$(basename "$(readlink "/sys/bus/pci/devices/$bdf/driver")")" = "$drv" ] ||
+			msgs+=$'\n'"not bound: $bdf"
+	done
+	rmmod "$mod"
+	echo "$msgs"
+}
+rmmod vfio_pci_rs vfio_pci 2>/dev/null
+ids_c=$(ids_run vfio_pci vfio-pci)
+ids_rs=$(ids_run vfio_pci_rs vfio-pci-rs)
+echo "# vfio_pci: ${ids_c//$'\n'/ | }"
+if [ "$ids_c" = "$ids_rs" ] && ! grep -q "not bound" <<< "$ids_c"; then
+	ok "ids= parity: same messages, edu bound to each driver"
+else
+	bad "ids= vfio_pci_rs: ${ids_rs//$'\n'/ | }"
+fi
+modprobe vfio_pci && modprobe vfio_pci_rs
+
 echo "== module unload"
 for m in vfio_pci_rs vfio_pci; do
 	if rmmod "$m"; then ok "rmmod $m"; else bad "rmmod $m"; fi

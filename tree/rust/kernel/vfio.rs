@@ -141,12 +141,6 @@ impl<T: Driver, Ctx: device::DeviceContext> Device<T, Ctx> {
     fn as_raw(&self) -> *mut bindings::vfio_device {
         self.vdev.get()
     }
-
-    /// Returns the number of the device's character device, the `X` of `/dev/vfio/devices/vfioX`.
-    pub fn index(&self) -> u32 {
-        // SAFETY: `index` is set at allocation and never changes.
-        unsafe { (*self.as_raw()).index }
-    }
 }
 
 impl<T: Driver> Device<T, device::Bound> {
