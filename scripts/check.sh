@@ -13,7 +13,7 @@ rustfmt --check --edition 2021 --config-path "$KDIR/.rustfmt.toml" \
 log "check: clippy"
 touch "$KDIR"/drivers/vfio/pci/rust/vfio_pci_core.rs "$KDIR/rust/kernel/lib.rs"
 "${MAKE[@]}" CLIPPY=1 > "$CACHE/clippy.log" 2>&1 || { tail -n 40 "$CACHE/clippy.log"; die "clippy build failed"; }
-if grep -E -A6 "^(warning|error)" "$CACHE/clippy.log" | grep -qE "drivers/vfio/pci/rust/|rust/kernel/(vfio|pci)"; then
+if grep -qE "^(warning|error)" "$CACHE/clippy.log"; then
 	grep -E -A12 "^(warning|error)" "$CACHE/clippy.log" >&2
 	die "clippy found something"
 fi

@@ -129,6 +129,33 @@ edu=${TWINS[0]#*=}
 lifecycle vfio-pci vfio_pci "${edu%,*}"
 lifecycle vfio-pci-rs vfio_pci_rs "${edu#*,}"
 
+echo "== driver_managed_dma"
+# With the shared IOMMU group of the mixed bus owned by userspace through one driver's
+# device, the other function can still be bound to the other driver: only a driver that
+# sets driver_managed_dma may bind to a device whose group is claimed for user DMA.
+mixed=${TWINS[5]#*=}
+rebind_while_held() {
+	local held=$1 other=$2 drv=$3
+	"$CLIENT" bind "$held" "$4" > /dev/null && "$CLIENT" bind "$other" "$drv" > /dev/null ||
+		{ bad "$drv driver_managed_dma: bind"; return; }
+	if hold_device "$held" 3; then
+		echo "$other" > "/sys/bus/pci/devices/$other/driver/unbind"
+		if echo "$other" > /sys/bus/pci/drivers_probe &&
+			[ "$(basename "$(readlink "/sys/bus/pci/devices/$other/driver")")" = "$drv" ]; then
+			ok "$drv binds while its IOMMU group is owned by userspace (driver_managed_dma)"
+		else
+			bad "$drv did not bind while its IOMMU group is owned by userspace"
+		fi
+		wait "$hold_pid"
+	else
+		bad "$drv driver_managed_dma: hold"
+	fi
+	"$CLIENT" unbind "$held" > /dev/null
+	"$CLIENT" unbind "$other" > /dev/null
+}
+rebind_while_held "${mixed%,*}" "${mixed#*,}" vfio-pci-rs vfio-pci
+rebind_while_held "${mixed#*,}" "${mixed%,*}" vfio-pci vfio-pci-rs
+
 echo "== ids= parameter"
 # Each module in turn, loaded with the same ids=: the same messages (past the module name)
 # and both edu functions bound to it through the dynamic ID.
