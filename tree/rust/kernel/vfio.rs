@@ -242,7 +242,8 @@ impl DeviceSetKey {
 ///
 /// # Invariants
 ///
-/// `dev` is registered with the VFIO core, and its `data` points to `self.data`.
+/// `dev` is registered with the VFIO core if and only if its `data` is not null, and then
+/// `data` points to `self.data`. (It is null only while a failed registration is dropped.)
 #[pin_data(PinnedDrop)]
 pub struct Registration<T: Driver> {
     dev: ARef<Device<T>>,
@@ -295,6 +296,11 @@ impl<T: Driver> Registration<T> {
 #[pinned_drop]
 impl<T: Driver> PinnedDrop for Registration<T> {
     fn drop(self: Pin<&mut Self>) {
+        // SAFETY: `data` is only written while no callback can run, which is the case here.
+        if unsafe { *self.dev.data.get() }.is_null() {
+            // `vfio_register_group_dev()` failed: there is nothing to unregister.
+            return;
+        }
         // SAFETY: By the type invariant `dev` is registered. Unregistering waits until every
         // user has closed the device; afterwards no callback runs.
         unsafe { bindings::vfio_unregister_group_dev(self.dev.as_raw()) };
