@@ -8,8 +8,9 @@ MAKE=(make -C "$KDIR" LLVM=-19 -j"$(nproc)")
 
 "$here/install-tree.sh" "$KDIR"
 log "check: rustfmt"
-rustfmt --check --edition 2021 --config-path "$KDIR/.rustfmt.toml" \
-	"$REPO"/*.rs "$REPO"/tree/rust/kernel/vfio.rs "$REPO"/tree/rust/kernel/pci/state.rs
+tree_rs=$(cd "$REPO" && find tree -name '*.rs' | sort)
+tree_c=$(cd "$REPO" && find tree -name '*.c' | sort)
+(cd "$REPO" && rustfmt --check --edition 2021 --config-path "$KDIR/.rustfmt.toml" ./*.rs $tree_rs)
 log "check: clippy"
 touch "$KDIR"/drivers/vfio/pci/rust/vfio_pci_core.rs "$KDIR/rust/kernel/lib.rs"
 "${MAKE[@]}" CLIPPY=1 > "$CACHE/clippy.log" 2>&1 || { tail -n 40 "$CACHE/clippy.log"; die "clippy build failed"; }
@@ -25,5 +26,5 @@ cp "$REPO/tree/linux.patch" "$tmp/linux.patch"
 (cd "$tmp" && "$KDIR/scripts/checkpatch.pl" --no-tree --terse \
 	--ignore MISSING_SIGN_OFF,COMMIT_MESSAGE linux.patch)
 (cd "$REPO" && "$KDIR/scripts/checkpatch.pl" --no-tree --terse -f Kconfig Kbuild ./*.rs \
-	tree/rust/kernel/vfio.rs tree/rust/kernel/pci/state.rs tree/rust/helpers/pci_state.c)
+	$tree_rs $tree_c)
 log "check: clean"
