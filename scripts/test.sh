@@ -18,7 +18,7 @@ total_start=$SECONDS
 stage deps "$here/deps.sh"
 stage kernel "$here/kernel.sh"
 stage client "$here/client.sh"
-stage client-unit bash -c "cd '$REPO/tests/client' && cargo test --release --locked --quiet 2>&1 | tail -n 3"
+stage client-unit bash -c "set -o pipefail; cd '$REPO/tests/client' && cargo test --release --locked --quiet 2>&1 | tail -n 3"
 set +e
 vm_start=$SECONDS
 "$here/vm.sh" 'bash tests/guest/run-tests.sh'
