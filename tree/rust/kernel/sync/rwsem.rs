@@ -80,22 +80,16 @@ impl<T: ?Sized> RwSemaphore<T> {
     pub fn read(&self) -> ReadGuard<'_, T> {
         // SAFETY: `sem` is initialised, by the type invariant.
         unsafe { bindings::down_read(self.sem.get()) };
-        // INVARIANT: The semaphore is held for reading.
-        ReadGuard {
-            sem: self,
-            _not_send: NotThreadSafe,
-        }
+        // SAFETY: The semaphore is held for reading, just above.
+        unsafe { ReadGuard::new(self) }
     }
 
     /// Takes the semaphore for writing, sleeping until nobody holds it (`down_write()`).
     pub fn write(&self) -> WriteGuard<'_, T> {
         // SAFETY: `sem` is initialised, by the type invariant.
         unsafe { bindings::down_write(self.sem.get()) };
-        // INVARIANT: The semaphore is held for writing.
-        WriteGuard {
-            sem: self,
-            _not_send: NotThreadSafe,
-        }
+        // SAFETY: The semaphore is held for writing, just above.
+        unsafe { WriteGuard::new(self) }
     }
 
     /// Takes the semaphore for reading if no writer holds it (`down_read_trylock()`).
@@ -104,11 +98,8 @@ impl<T: ?Sized> RwSemaphore<T> {
         if unsafe { bindings::down_read_trylock(self.sem.get()) } == 0 {
             return None;
         }
-        // INVARIANT: The semaphore is held for reading.
-        Some(ReadGuard {
-            sem: self,
-            _not_send: NotThreadSafe,
-        })
+        // SAFETY: The trylock succeeded, so the semaphore is held for reading.
+        Some(unsafe { ReadGuard::new(self) })
     }
 
     /// Takes the semaphore for writing if nobody holds it (`down_write_trylock()`).
@@ -117,11 +108,8 @@ impl<T: ?Sized> RwSemaphore<T> {
         if unsafe { bindings::down_write_trylock(self.sem.get()) } == 0 {
             return None;
         }
-        // INVARIANT: The semaphore is held for writing.
-        Some(WriteGuard {
-            sem: self,
-            _not_send: NotThreadSafe,
-        })
+        // SAFETY: The trylock succeeded, so the semaphore is held for writing.
+        Some(unsafe { WriteGuard::new(self) })
     }
 }
 
@@ -135,6 +123,19 @@ pub struct ReadGuard<'a, T: ?Sized> {
     sem: &'a RwSemaphore<T>,
     // Released by the task that took it, as lockdep expects.
     _not_send: NotThreadSafe,
+}
+
+impl<'a, T: ?Sized> ReadGuard<'a, T> {
+    /// # Safety
+    ///
+    /// The caller holds `sem` for reading and hands that hold to the guard.
+    unsafe fn new(sem: &'a RwSemaphore<T>) -> Self {
+        // INVARIANT: By the safety requirements, `sem` is held for reading.
+        Self {
+            sem,
+            _not_send: NotThreadSafe,
+        }
+    }
 }
 
 impl<T: ?Sized> Deref for ReadGuard<'_, T> {
@@ -173,8 +174,16 @@ impl<'a, T: ?Sized> WriteGuard<'a, T> {
         core::mem::forget(self);
         // SAFETY: We held the semaphore for writing; the forgotten guard will not release it.
         unsafe { bindings::downgrade_write(sem.sem.get()) };
-        // INVARIANT: The semaphore is now held for reading.
-        ReadGuard {
+        // SAFETY: The semaphore is now held for reading.
+        unsafe { ReadGuard::new(sem) }
+    }
+
+    /// # Safety
+    ///
+    /// The caller holds `sem` for writing and hands that hold to the guard.
+    unsafe fn new(sem: &'a RwSemaphore<T>) -> Self {
+        // INVARIANT: By the safety requirements, `sem` is held for writing.
+        Self {
             sem,
             _not_send: NotThreadSafe,
         }
