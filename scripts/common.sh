@@ -12,3 +12,14 @@ mkdir -p "$CACHE"
 
 log() { printf '[%s] %s\n' "$(date +%T)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
+
+# One kernel build or VM at a time on this machine: every script takes the cache's lock, and
+# the scripts it runs inherit it.
+if [ -z "${VFIO_PCI_RS_LOCKED:-}" ]; then
+	exec 9>"$CACHE/lock"
+	if ! flock -n 9; then
+		log "waiting for another build or VM using $CACHE"
+		flock 9
+	fi
+	export VFIO_PCI_RS_LOCKED=1
+fi
