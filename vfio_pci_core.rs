@@ -16,7 +16,8 @@ use kernel::{
     new_mutex, pci,
     prelude::*,
     str::BStr,
-    sync::{aref::ARef, Mutex},
+    new_rwsem,
+    sync::{aref::ARef, Mutex, RwSemaphore},
     uaccess::UserPtr,
     uapi, vfio,
 };
@@ -26,6 +27,8 @@ mod vfio_pci_dmabuf;
 mod vfio_pci_intrs;
 mod vfio_pci_priv;
 mod vfio_pci_rdwr;
+
+use vfio_pci_priv::{IntxMasking, MemoryState, MsixLocation};
 
 module! {
     type: VfioPciModule,
@@ -37,6 +40,18 @@ module! {
         ids: string {
             default: "",
             description: "Initial PCI IDs to add to the vfio driver, format is \"vendor:device[:subvendor[:subdevice[:class[:class_mask]]]]\" and multiple comma separated entries can be specified",
+        },
+        nointxmask: bool {
+            default: false,
+            description: "Disable support for PCI 2.3 style INTx masking.  If this resolves problems for specific devices, report lspci -vvvxxx to linux-pci@vger.kernel.org so the device can be fixed automatically via the broken_intx_masking flag.",
+        },
+        disable_vga: bool {
+            default: false,
+            description: "Disable VGA resource access through vfio-pci",
+        },
+        disable_idle_d3: bool {
+            default: false,
+            description: "Disable using the PCI D3 low power state for idle, unused devices",
         },
         disable_denylist: bool {
             default: false,
@@ -66,7 +81,7 @@ impl pci::Driver for VfioPciDriver {
         pdev: &'bound pci::Device<Core<'_>>,
         _info: Option<&'bound Self::IdInfo>,
     ) -> impl PinInit<Self::Data<'bound>, Error> + 'bound {
-        VfioPciCore::probe(pdev, *module_parameters::disable_denylist.value_ref())
+        VfioPciCore::probe(pdev, Params::get())
     }
 }
 
@@ -77,14 +92,59 @@ struct OpenState {
     reset_works: bool,
     /// The config state stored at open, loaded back at close.
     saved_state: Option<pci::SavedState>,
+    /// The MSI-X table, if the function has one.
+    msix: Option<MsixLocation>,
+    /// BARs userspace may mmap (`bar_mmap_supported`).
+    bar_mmap_supported: [bool; 6],
+    /// The rest of the page of sub-page BARs, held while the function is open.
+    page_tail_reservations: [Option<pci::PageTailReservation>; 6],
 }
 
 /// A function driven by vfio-pci-rs, C's `struct vfio_pci_core_device`.
+///
+/// Lock order: `open`, then `config`, then `memory_lock`.
 #[pin_data]
 struct VfioPciCore {
     /// Open state. `open_device` and `close_device` also run under the device set lock.
     #[pin]
     open: Mutex<OpenState>,
+    /// The virtualized config space, set up at open.
+    #[pin]
+    config: Mutex<vfio_pci_config::ConfigState>,
+    /// Memory decode and power state, and the BAR mappings only reachable under it.
+    #[pin]
+    memory_lock: RwSemaphore<MemoryState>,
+    /// The function is a VGA device whose legacy ranges are offered (`has_vga`).
+    has_vga: bool,
+    /// Idle functions are left in D0 (`disable_idle_d3`).
+    disable_idle_d3: bool,
+    /// PCI 2.3 INTx masking is not used (`nointxmask`).
+    nointxmask: bool,
+}
+
+/// The module parameters that shape a function's handling, read at probe as C reads them at
+/// module load.
+struct Params {
+    disable_denylist: bool,
+    disable_vga: bool,
+    disable_idle_d3: bool,
+    nointxmask: bool,
+}
+
+impl Params {
+    fn get() -> Self {
+        Self {
+            disable_denylist: *module_parameters::disable_denylist.value_ref(),
+            disable_vga: *module_parameters::disable_vga.value_ref(),
+            disable_idle_d3: *module_parameters::disable_idle_d3.value_ref(),
+            nointxmask: *module_parameters::nointxmask.value_ref(),
+        }
+    }
+}
+
+/// Whether `pdev` is a VGA device (`vfio_pci_is_vga()`).
+fn is_vga(pdev: &pci::Device) -> bool {
+    pdev.pci_class() == pci::Class::DISPLAY_VGA
 }
 
 /// Whether vfio-pci refuses `pdev` for known errata (`vfio_pci_dev_in_denylist()`).
@@ -106,12 +166,9 @@ fn in_denylist(pdev: &pci::Device) -> bool {
 impl VfioPciCore {
     /// Allocates and registers the VFIO device of `pdev` (`vfio_pci_probe()` and
     /// `vfio_pci_core_register_device()`).
-    fn probe(
-        pdev: &pci::Device<Core<'_>>,
-        disable_denylist: bool,
-    ) -> Result<ARef<vfio::Device<Self>>> {
+    fn probe(pdev: &pci::Device<Core<'_>>, params: Params) -> Result<ARef<vfio::Device<Self>>> {
         if in_denylist(pdev) {
-            if !disable_denylist {
+            if !params.disable_denylist {
                 dev_warn!(
                     pdev,
                     "{:04x}:{:04x} exists in vfio-pci device denylist, driver probing disallowed.\n",
@@ -145,16 +202,40 @@ impl VfioPciCore {
         // transition out of it is to D0. A failure shows again at open.
         let _ = pdev.set_power_state(pci::PowerState::D0);
 
+        let mut memory = MemoryState::new();
+        memory.needs_pm_restore = needs_pm_restore(pdev);
+
         vfio::Registration::new_foreign_owned(
             parent,
             &vdev,
             vfio::DeviceSetKey::for_pci(pdev),
             try_pin_init!(Self {
                 open <- new_mutex!(OpenState::default()),
+                config <- new_mutex!(vfio_pci_config::ConfigState::new()),
+                memory_lock <- new_rwsem!(memory, "vfio_pci_rs::memory_lock"),
+                has_vga: cfg!(CONFIG_VFIO_PCI_VGA) && !params.disable_vga && is_vga(pdev),
+                disable_idle_d3: params.disable_idle_d3,
+                nointxmask: params.nointxmask,
             }),
         )?;
 
+        // Idle functions sleep in D3hot until opened (C gets there through runtime PM).
+        if !params.disable_idle_d3 {
+            let _ = pdev.set_power_state(pci::PowerState::D3Hot);
+        }
+
         Ok(vdev)
+    }
+
+    /// Puts an unused function in D3hot unless `disable_idle_d3` is set.
+    fn idle(&self, pdev: &pci::Device<Bound>) {
+        if !self.disable_idle_d3 {
+            let _ = Self::set_power_state(
+                pdev,
+                &mut self.memory_lock.write(),
+                pci::PowerState::D3Hot,
+            );
+        }
     }
 
     /// The PCI function of `vdev`.
@@ -259,6 +340,232 @@ fn reset_at_close(pdev: &pci::Device<Bound>) {
     }
 }
 
+/// Whether `pdev` loses its state on the way back from D3hot, its PMCSR having No_Soft_Reset
+/// clear (`vfio_pci_probe_power_state()`).
+fn needs_pm_restore(pdev: &pci::Device<Bound>) -> bool {
+    let pm = pdev.pm_cap();
+    if pm == 0 {
+        return false;
+    }
+    let pmcsr = pdev
+        .config_space()
+        .try_read16(usize::from(pm) + uapi::PCI_PM_CTRL as usize)
+        .unwrap_or(0);
+    u32::from(pmcsr) & uapi::PCI_PM_CTRL_NO_SOFT_RESET == 0
+}
+
+/// Devices whose INTx masking is known broken (`vfio_pci_nointx()`): i40e and X550 NICs.
+fn intx_masking_broken(pdev: &pci::Device) -> bool {
+    pdev.vendor_id() == pci::Vendor::INTEL
+        && matches!(
+            pdev.device_id(),
+            0x1572 | 0x1574 | 0x1580..=0x1581 | 0x1583..=0x158b | 0x37d0..=0x37d2 | 0x1563
+        )
+}
+
+/// The location of `pdev`'s MSI-X table, read from its capability.
+fn msix_location(pdev: &pci::Device<Bound>) -> Option<MsixLocation> {
+    let pos = usize::from(pdev.msix_cap());
+    if pos == 0 {
+        return None;
+    }
+    let config = pdev.config_space();
+    let flags = config.try_read16(pos + uapi::PCI_MSIX_FLAGS as usize).ok()?;
+    let table = config.try_read32(pos + uapi::PCI_MSIX_TABLE as usize).ok()?;
+    Some(MsixLocation {
+        bar: table & uapi::PCI_MSIX_TABLE_BIR,
+        offset: u64::from(table & uapi::PCI_MSIX_TABLE_OFFSET),
+        size: (u64::from(u32::from(flags) & uapi::PCI_MSIX_FLAGS_QSIZE) + 1) * 16,
+    })
+}
+
+impl VfioPciCore {
+    /// Moves the function to `state`, saving its config state on the way into D3hot and
+    /// restoring it on the way back when the function loses it (`vfio_pci_set_power_state()`).
+    ///
+    /// Takes the [`MemoryState`] of a held `memory_lock` write guard: memory decode changes.
+    fn set_power_state(
+        pdev: &pci::Device<Bound>,
+        memory: &mut MemoryState,
+        state: pci::PowerState,
+    ) -> Result {
+        let current = pdev.power_state() as i32;
+        let target = state as i32;
+        let d3hot = pci::PowerState::D3Hot as i32;
+
+        // A PF with VFs enabled keeps its power: the VFs depend on it.
+        if target > 0 && pdev.num_vf() != 0 {
+            return Err(EBUSY);
+        }
+
+        let needs_save = memory.needs_pm_restore && current < d3hot && target >= d3hot;
+        if needs_save {
+            pdev.save_state();
+        }
+        let needs_restore = memory.needs_pm_restore && current >= d3hot && target <= 0;
+
+        pdev.set_power_state(state)?;
+
+        // D3 might be unsupported via quirk: only keep the state if the function got there.
+        if needs_save && pdev.power_state() as i32 >= d3hot {
+            memory.pm_save = pdev.store_saved_state();
+        } else if needs_restore {
+            let _ = pdev.load_saved_state(memory.pm_save.take());
+            pdev.restore_state();
+        }
+        Ok(())
+    }
+
+    /// Maps the BARs for read and write (`vfio_pci_core_map_bars()`), as C does at open.
+    fn map_bars(pdev: &pci::Device<Bound>) -> [Result<pci::IoMapping>; 6] {
+        core::array::from_fn(|bar| {
+            // CAST: `bar` < 6.
+            let bar = bar as u32;
+            if pdev.resource_len(bar)? == 0 {
+                return Err(ENODEV);
+            }
+            pdev.iomap_bar(bar, c"vfio").inspect_err(|_| {
+                dev_dbg!(pdev, "Failed to map region {}\n", bar);
+            })
+        })
+    }
+
+    /// Reads or writes region `index << 40` of the device fd (`vfio_pci_rw()`).
+    fn rw(
+        &self,
+        pdev: &pci::Device<Bound>,
+        buf: UserPtr,
+        count: usize,
+        pos: &mut i64,
+        write: bool,
+    ) -> Result<usize> {
+        if count == 0 {
+            return Ok(0);
+        }
+        // CAST: The VFIO core only passes file positions it accepted, which are not negative.
+        let index = vfio_pci_priv::offset_to_index(*pos as u64);
+        match u32::try_from(index).map_err(|_| EINVAL)? {
+            uapi::VFIO_PCI_CONFIG_REGION_INDEX => self.config_rw(pdev, buf, count, pos, write),
+            uapi::VFIO_PCI_ROM_REGION_INDEX if write => Err(EINVAL),
+            uapi::VFIO_PCI_BAR0_REGION_INDEX..=uapi::VFIO_PCI_ROM_REGION_INDEX => {
+                self.bar_rw(pdev, buf, count, pos, write)
+            }
+            uapi::VFIO_PCI_VGA_REGION_INDEX => self.vga_rw(pdev, buf, count, pos, write),
+            _ => Err(EINVAL),
+        }
+    }
+
+    /// Describes region `info.index` (`vfio_pci_ioctl_get_region_info()`).
+    fn region_info(
+        &self,
+        pdev: &pci::Device<Bound>,
+        info: &mut uapi::vfio_region_info,
+        caps: &mut vfio::InfoCaps,
+    ) -> Result {
+        let read_write = uapi::VFIO_REGION_INFO_FLAG_READ | uapi::VFIO_REGION_INFO_FLAG_WRITE;
+        let index = info.index;
+        match index {
+            uapi::VFIO_PCI_CONFIG_REGION_INDEX => {
+                info.offset = vfio_pci_priv::index_to_offset(index);
+                info.size = pdev.cfg_size_bytes() as u64;
+                info.flags = read_write;
+            }
+            uapi::VFIO_PCI_BAR0_REGION_INDEX..=uapi::VFIO_PCI_BAR5_REGION_INDEX => {
+                info.offset = vfio_pci_priv::index_to_offset(index);
+                info.size = pdev.resource_len(index)?;
+                if info.size == 0 {
+                    info.flags = 0;
+                    return Ok(());
+                }
+                info.flags = read_write;
+                let open = self.open.lock();
+                if open.bar_mmap_supported[index as usize] {
+                    info.flags |= uapi::VFIO_REGION_INFO_FLAG_MMAP;
+                    if open.msix.is_some_and(|msix| msix.bar == index) {
+                        caps.add(&uapi::vfio_info_cap_header {
+                            id: uapi::VFIO_REGION_INFO_CAP_MSIX_MAPPABLE as u16,
+                            version: 1,
+                            next: 0,
+                        })?;
+                    }
+                }
+            }
+            uapi::VFIO_PCI_ROM_REGION_INDEX => {
+                info.offset = vfio_pci_priv::index_to_offset(index);
+                info.flags = 0;
+                info.size = 0;
+                if pdev.resource_start(index)? != 0 {
+                    // The ROM must hold a valid image; mapping it needs memory decode.
+                    let memory = self.memory_lock.write();
+                    let config = pdev.config_space();
+                    let cmd = config.read16(uapi::PCI_COMMAND as usize);
+                    let memory_bit = uapi::PCI_COMMAND_MEMORY as u16;
+                    if cmd & memory_bit == 0 {
+                        config.write16(cmd | memory_bit, uapi::PCI_COMMAND as usize);
+                    }
+                    if pdev.map_rom().is_some() {
+                        info.flags = uapi::VFIO_REGION_INFO_FLAG_READ;
+                        // Report the BAR size, not the ROM size.
+                        info.size = pdev.resource_len(index)?;
+                    }
+                    config.write16(cmd, uapi::PCI_COMMAND as usize);
+                    drop(memory);
+                } else if let Some((_, len)) = pdev.platform_rom() {
+                    info.flags = uapi::VFIO_REGION_INFO_FLAG_READ;
+                    // Report the BAR size as a power of two.
+                    info.size = (len as u64).checked_next_power_of_two().unwrap_or(0);
+                }
+            }
+            uapi::VFIO_PCI_VGA_REGION_INDEX => {
+                if !self.has_vga {
+                    return Err(EINVAL);
+                }
+                info.offset = vfio_pci_priv::index_to_offset(index);
+                info.size = 0xc0000;
+                info.flags = read_write;
+            }
+            // No device-specific regions (index >= VFIO_PCI_NUM_REGIONS) are registered.
+            _ => return Err(EINVAL),
+        }
+        Ok(())
+    }
+
+    /// Finds which BARs userspace may mmap (`vfio_pci_probe_mmaps()`): memory BARs of a page or
+    /// more, and smaller ones that start a page, whose rest of the page is then reserved.
+    fn probe_mmaps(pdev: &pci::Device<Bound>, open: &mut OpenState) {
+        for bar in 0..6u32 {
+            let i = bar as usize;
+            open.bar_mmap_supported[i] = false;
+            let (Ok(flags), Ok(len)) = (pdev.resource_flags(bar), pdev.resource_len(bar)) else {
+                continue;
+            };
+            if !flags.is_mem() || len == 0 {
+                continue;
+            }
+            if len >= kernel::page::PAGE_SIZE as u64 {
+                open.bar_mmap_supported[i] = true;
+                continue;
+            }
+            if let Ok(reservation) = pdev.reserve_bar_page_tail(bar) {
+                open.page_tail_reservations[i] = Some(reservation);
+                open.bar_mmap_supported[i] = true;
+            }
+        }
+    }
+
+    /// Handles `VFIO_DEVICE_RESET` (`vfio_pci_ioctl_reset()`).
+    fn ioctl_reset(&self, pdev: &pci::Device<Bound>) -> Result<isize> {
+        if !self.open.lock().reset_works {
+            return Err(EINVAL);
+        }
+        let mut memory = self.memory_lock.write();
+        // A reset from D3hot would skip the state a NoSoftRst- function keeps in `pm_save`.
+        let _ = Self::set_power_state(pdev, &mut memory, pci::PowerState::D0);
+        pdev.try_reset_function()?;
+        Ok(0)
+    }
+}
+
 impl vfio::Driver for VfioPciCore {
     type Data = Self;
     const NAME: &'static CStr = c"vfio-pci-rs";
@@ -266,15 +573,23 @@ impl vfio::Driver for VfioPciCore {
     /// `vfio_pci_core_enable()`.
     fn open_device(vdev: &vfio::Device<Self, Bound>, this: Pin<&Self>) -> Result {
         let pdev = Self::pdev(vdev)?;
+        let mut open = this.open.lock();
+
+        // Out of the idle D3hot of `close_device`.
+        let _ = Self::set_power_state(pdev, &mut this.memory_lock.write(), pci::PowerState::D0);
 
         // Don't allow our initial saved state to include busmaster.
         pdev.clear_master();
-        pdev.enable_device()?;
+        if let Err(e) = pdev.enable_device() {
+            this.idle(pdev);
+            return Err(e);
+        }
 
         // If reset fails because of the device lock, fail this path entirely.
         let reset = pdev.try_reset_function();
         if reset == Err(EAGAIN) {
             pdev.disable_device();
+            this.idle(pdev);
             return Err(EAGAIN);
         }
 
@@ -284,10 +599,41 @@ impl vfio::Driver for VfioPciCore {
             dev_dbg!(pdev, "open_device: Couldn't store saved state\n");
         }
 
-        *this.open.lock() = OpenState {
+        let intx = if this.nointxmask {
+            IntxMasking::Unused
+        } else if intx_masking_broken(pdev) {
+            dev_info!(pdev, "Masking broken INTx support\n");
+            pdev.intx(false);
+            IntxMasking::Broken
+        } else if pdev.intx_mask_supported() {
+            IntxMasking::Supported
+        } else {
+            IntxMasking::Unused
+        };
+
+        let config = pdev.config_space();
+        let cmd = config.read16(uapi::PCI_COMMAND as usize);
+        let intx_disable = uapi::PCI_COMMAND_INTX_DISABLE as u16;
+        if intx == IntxMasking::Supported && cmd & intx_disable != 0 {
+            config.write16(cmd & !intx_disable, uapi::PCI_COMMAND as usize);
+        }
+
+        if let Err(e) = this.config_init(pdev, intx) {
+            let _ = pdev.load_saved_state(saved_state);
+            pdev.disable_device();
+            this.idle(pdev);
+            return Err(e);
+        }
+
+        this.memory_lock.write().bars = Self::map_bars(pdev);
+
+        *open = OpenState {
             reset_works: reset.is_ok(),
             saved_state,
+            msix: msix_location(pdev),
+            ..OpenState::default()
         };
+        Self::probe_mmaps(pdev, &mut open);
         Ok(())
     }
 
@@ -298,11 +644,19 @@ impl vfio::Driver for VfioPciCore {
         };
         let mut open = this.open.lock();
 
-        // A function reset, e.g. a PM reset, fails outside D0.
-        let _ = pdev.set_power_state(pci::PowerState::D0);
+        // A function reset, e.g. a PM reset, fails outside D0; and a NoSoftRst- function gets
+        // back the state it kept in `pm_save`.
+        {
+            let mut memory = this.memory_lock.write();
+            let _ = Self::set_power_state(pdev, &mut memory, pci::PowerState::D0);
+            memory.pm_save = None;
+        }
 
         // Stop the device from further DMA.
         pdev.clear_master();
+
+        this.config_free();
+        this.memory_lock.write().bars = core::array::from_fn(|_| Err(ENODEV));
 
         // Restore the state saved at open, and reset if we can: resetting with the current
         // state beats nothing, but saving and restoring it without a reset is busy work.
@@ -329,6 +683,7 @@ impl vfio::Driver for VfioPciCore {
 
         pdev.disable_device();
         *open = OpenState::default();
+        this.idle(pdev);
     }
 
     /// `vfio_pci_core_ioctl()`.
@@ -341,8 +696,44 @@ impl vfio::Driver for VfioPciCore {
         let pdev = Self::pdev(vdev)?;
         match cmd {
             vfio::DEVICE_GET_INFO => this.ioctl_get_info(pdev, arg),
+            vfio::DEVICE_RESET => this.ioctl_reset(pdev),
             _ => Err(ENOTTY),
         }
+    }
+
+    /// `vfio_pci_core_read()`.
+    fn read(
+        vdev: &vfio::Device<Self, Bound>,
+        this: Pin<&Self>,
+        buf: UserPtr,
+        count: usize,
+        pos: &mut i64,
+    ) -> Result<usize> {
+        let pdev = Self::pdev(vdev)?;
+        this.rw(pdev, buf, count, pos, false)
+    }
+
+    /// `vfio_pci_core_write()`.
+    fn write(
+        vdev: &vfio::Device<Self, Bound>,
+        this: Pin<&Self>,
+        buf: UserPtr,
+        count: usize,
+        pos: &mut i64,
+    ) -> Result<usize> {
+        let pdev = Self::pdev(vdev)?;
+        this.rw(pdev, buf, count, pos, true)
+    }
+
+    /// `vfio_pci_ioctl_get_region_info()`.
+    fn get_region_info(
+        vdev: &vfio::Device<Self, Bound>,
+        this: Pin<&Self>,
+        info: &mut uapi::vfio_region_info,
+        caps: &mut vfio::InfoCaps,
+    ) -> Result {
+        let pdev = Self::pdev(vdev)?;
+        this.region_info(pdev, info, caps)
     }
 }
 

@@ -19,7 +19,7 @@
 use crate::{
     bindings, device, devres,
     error::{from_err_ptr, from_result, to_result},
-    ffi::{c_int, c_long, c_uint, c_ulong, c_void},
+    ffi::{c_char, c_int, c_long, c_uint, c_ulong, c_void},
     ioctl::_IO,
     pci,
     prelude::*,
@@ -77,6 +77,40 @@ pub trait Driver: Sized + Send + Sync + 'static {
         cmd: u32,
         arg: UserPtr,
     ) -> Result<isize>;
+
+    /// `read(2)` of `count` bytes into `buf` at `*pos`; advances `*pos` by the bytes read.
+    fn read(
+        _device: &Device<Self, device::Bound>,
+        _data: Pin<&Self::Data>,
+        _buf: UserPtr,
+        _count: usize,
+        _pos: &mut i64,
+    ) -> Result<usize> {
+        Err(EINVAL)
+    }
+
+    /// `write(2)` of `count` bytes from `buf` at `*pos`; advances `*pos` by the bytes written.
+    fn write(
+        _device: &Device<Self, device::Bound>,
+        _data: Pin<&Self::Data>,
+        _buf: UserPtr,
+        _count: usize,
+        _pos: &mut i64,
+    ) -> Result<usize> {
+        Err(EINVAL)
+    }
+
+    /// Fills `info` for `VFIO_DEVICE_GET_REGION_INFO`, whose `argsz` and `index` the VFIO core
+    /// copied from userspace, and adds the region's capabilities to `caps`. The core copies the
+    /// answer back.
+    fn get_region_info(
+        _device: &Device<Self, device::Bound>,
+        _data: Pin<&Self::Data>,
+        _info: &mut uapi::vfio_region_info,
+        _caps: &mut InfoCaps,
+    ) -> Result {
+        Err(EINVAL)
+    }
 }
 
 /// A VFIO device: a [`struct vfio_device`] allocated by the VFIO core.
@@ -327,6 +361,10 @@ pub unsafe trait InfoCap: AsBytes {}
 
 // SAFETY: The struct starts with `struct vfio_info_cap_header header`.
 unsafe impl InfoCap for uapi::vfio_device_info_cap_pci_atomic_comp {}
+// SAFETY: The struct starts with `struct vfio_info_cap_header header`.
+unsafe impl InfoCap for uapi::vfio_region_info_cap_type {}
+// SAFETY: A capability with no payload is its header alone.
+unsafe impl InfoCap for uapi::vfio_info_cap_header {}
 
 impl InfoCaps {
     /// An empty chain.
@@ -431,6 +469,12 @@ macro_rules! impl_ioctl_arg {
 impl_ioctl_arg!(
     uapi::vfio_device_info,
     uapi::vfio_device_info_cap_pci_atomic_comp,
+    uapi::vfio_region_info,
+    uapi::vfio_region_info_cap_type,
+    uapi::vfio_info_cap_header,
+    uapi::vfio_pci_hot_reset_info,
+    uapi::vfio_pci_dependent_device,
+    uapi::vfio_pci_hot_reset,
 );
 
 /// The VFIO device operations built from a [`Driver`].
@@ -442,6 +486,9 @@ impl<T: Driver> VTable<T> {
         open_device: Some(Self::open_device),
         close_device: Some(Self::close_device),
         ioctl: Some(Self::ioctl),
+        read: Some(Self::read),
+        write: Some(Self::write),
+        get_region_info_caps: Some(Self::get_region_info_caps),
         bind_iommufd: Some(bindings::vfio_iommufd_physical_bind),
         unbind_iommufd: Some(bindings::vfio_iommufd_physical_unbind),
         attach_ioas: Some(bindings::vfio_iommufd_physical_attach_ioas),
@@ -488,6 +535,78 @@ impl<T: Driver> VTable<T> {
         from_result(|| {
             // SAFETY: We are in a callback of a registered device.
             unsafe { dev.with_data(|data| T::ioctl(dev, data, cmd, arg)) }
+        })
+    }
+
+    /// # Safety
+    ///
+    /// Called by the VFIO core with a registered `vfio_device` of a [`Device<T>`] and a valid
+    /// file position.
+    unsafe extern "C" fn read(
+        vdev: *mut bindings::vfio_device,
+        buf: *mut c_char,
+        count: usize,
+        ppos: *mut bindings::loff_t,
+    ) -> isize {
+        // SAFETY: By the safety requirements, `vdev` belongs to a live, registered `Device<T>`
+        // and `ppos` is valid for the duration of the call.
+        let (dev, pos) = unsafe { (Device::<T, device::Bound>::from_raw(vdev), &mut *ppos) };
+        let buf = UserPtr::from_ptr(buf.cast());
+        from_result(|| {
+            // SAFETY: We are in a callback of a registered device.
+            let done = unsafe { dev.with_data(|data| T::read(dev, data, buf, count, pos)) }?;
+            Ok(done.try_into()?)
+        })
+    }
+
+    /// # Safety
+    ///
+    /// Called by the VFIO core with a registered `vfio_device` of a [`Device<T>`] and a valid
+    /// file position.
+    unsafe extern "C" fn write(
+        vdev: *mut bindings::vfio_device,
+        buf: *const c_char,
+        count: usize,
+        ppos: *mut bindings::loff_t,
+    ) -> isize {
+        // SAFETY: By the safety requirements, `vdev` belongs to a live, registered `Device<T>`
+        // and `ppos` is valid for the duration of the call.
+        let (dev, pos) = unsafe { (Device::<T, device::Bound>::from_raw(vdev), &mut *ppos) };
+        let buf = UserPtr::from_ptr(buf.cast_mut().cast());
+        from_result(|| {
+            // SAFETY: We are in a callback of a registered device.
+            let done = unsafe { dev.with_data(|data| T::write(dev, data, buf, count, pos)) }?;
+            Ok(done.try_into()?)
+        })
+    }
+
+    /// # Safety
+    ///
+    /// Called by the VFIO core with a registered `vfio_device` of a [`Device<T>`], and with
+    /// `info` and an empty `caps` that it owns for the duration of the call.
+    unsafe extern "C" fn get_region_info_caps(
+        vdev: *mut bindings::vfio_device,
+        info: *mut bindings::vfio_region_info,
+        caps: *mut bindings::vfio_info_cap,
+    ) -> c_int {
+        // SAFETY: By the safety requirements, `vdev` belongs to a live, registered `Device<T>`;
+        // `info` is valid and exclusively ours for the call. The kernel's and the uAPI's
+        // `struct vfio_region_info` are the same C type.
+        let (dev, info) = unsafe {
+            (
+                Device::<T, device::Bound>::from_raw(vdev),
+                &mut *info.cast::<uapi::vfio_region_info>(),
+            )
+        };
+        // The capabilities are built in a chain of our own and handed over to the core's on
+        // success, which frees it.
+        let mut chain = InfoCaps::new();
+        from_result(|| {
+            // SAFETY: We are in a callback of a registered device.
+            unsafe { dev.with_data(|data| T::get_region_info(dev, data, info, &mut chain)) }?;
+            // SAFETY: The VFIO core passes an empty chain that it frees after the call.
+            unsafe { core::mem::swap(&mut *caps, &mut chain.caps) };
+            Ok(0)
         })
     }
 }

@@ -24,6 +24,24 @@ pub enum PowerState {
     D2 = 2,
     /// Software-visible off state.
     D3Hot = 3,
+    /// Power removed.
+    D3Cold = 4,
+    /// Not known to the PCI core, e.g. before a driver first sets it.
+    Unknown = 5,
+}
+
+impl PowerState {
+    /// Converts a `pci_power_t`; values out of range are [`PowerState::Unknown`].
+    pub(crate) fn from_raw(state: i32) -> Self {
+        match state {
+            0 => Self::D0,
+            1 => Self::D1,
+            2 => Self::D2,
+            3 => Self::D3Hot,
+            4 => Self::D3Cold,
+            _ => Self::Unknown,
+        }
+    }
 }
 
 /// A function's config state stored by `pci_store_saved_state()`.
