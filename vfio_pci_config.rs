@@ -21,8 +21,11 @@ impl ConfigState {
 
 impl VfioPciCore {
     /// Builds the virtualized config space at open (`vfio_config_init()`).
-    pub(crate) fn config_init(&self, _pdev: &pci::Device<Bound>, intx: IntxMasking) -> Result {
+    pub(crate) fn config_init(&self, pdev: &pci::Device<Bound>, intx: IntxMasking) -> Result {
         self.config.lock().intx = Some(intx);
+        let cmd = pdev.user_read_config_word(kernel::uapi::PCI_COMMAND as u16)?;
+        self.memory_lock.write().command_memory =
+            u32::from(cmd) & kernel::uapi::PCI_COMMAND_MEMORY != 0;
         Ok(())
     }
 
