@@ -16,10 +16,9 @@ use kernel::{
     device::{Bound, Core},
     driver, fmt,
     io::Io,
-    new_mutex, pci,
+    new_mutex, new_rwsem, pci,
     prelude::*,
     str::BStr,
-    new_rwsem,
     sync::{aref::ARef, Mutex, RwSemaphore},
     uaccess::{UserPtr, UserSlice},
     uapi, vfio,
@@ -237,11 +236,8 @@ impl VfioPciCore {
     /// Puts an unused function in D3hot unless `disable_idle_d3` is set.
     fn idle(&self, pdev: &pci::Device<Bound>) {
         if !self.disable_idle_d3 {
-            let _ = Self::set_power_state(
-                pdev,
-                &mut self.memory_lock.write(),
-                pci::PowerState::D3Hot,
-            );
+            let _ =
+                Self::set_power_state(pdev, &mut self.memory_lock.write(), pci::PowerState::D3Hot);
         }
     }
 
@@ -347,7 +343,9 @@ fn reset_at_close(pdev: &pci::Device<Bound>) -> bool {
 }
 
 /// The PCI function of a device set member.
-fn member_pdev<'a>(member: &vfio::DeviceSetMember<'a, VfioPciCore>) -> Result<&'a pci::Device<Bound>> {
+fn member_pdev<'a>(
+    member: &vfio::DeviceSetMember<'a, VfioPciCore>,
+) -> Result<&'a pci::Device<Bound>> {
     member.device().parent().try_into()
 }
 
@@ -442,8 +440,12 @@ fn msix_location(pdev: &pci::Device<Bound>) -> Option<MsixLocation> {
         return None;
     }
     let config = pdev.config_space();
-    let flags = config.try_read16(pos + uapi::PCI_MSIX_FLAGS as usize).ok()?;
-    let table = config.try_read32(pos + uapi::PCI_MSIX_TABLE as usize).ok()?;
+    let flags = config
+        .try_read16(pos + uapi::PCI_MSIX_FLAGS as usize)
+        .ok()?;
+    let table = config
+        .try_read32(pos + uapi::PCI_MSIX_TABLE as usize)
+        .ok()?;
     Some(MsixLocation {
         bar: table & uapi::PCI_MSIX_TABLE_BIR,
         offset: u64::from(table & uapi::PCI_MSIX_TABLE_OFFSET),
@@ -661,7 +663,8 @@ impl VfioPciCore {
         let cdev = vdev.cdev_opened();
         let mut flags = 0;
         if cdev {
-            flags = uapi::VFIO_PCI_HOT_RESET_FLAG_DEV_ID | uapi::VFIO_PCI_HOT_RESET_FLAG_DEV_ID_OWNED;
+            flags =
+                uapi::VFIO_PCI_HOT_RESET_FLAG_DEV_ID | uapi::VFIO_PCI_HOT_RESET_FLAG_DEV_ID_OWNED;
         }
         let mut devices = KVec::<Dependent>::with_capacity(count, GFP_KERNEL)?;
         {
@@ -677,7 +680,7 @@ impl VfioPciCore {
                     segment: dep.domain_nr(),
                     bus: dep.bus_number(),
                     devfn: dep.devfn(),
-                    ..Default::default()
+                    __bindgen_anon_1: uapi::vfio_pci_dependent_device__bindgen_ty_1 { devid: 0 },
                 };
                 if cdev {
                     // A hot reset needs every function it reaches in the set.
@@ -685,10 +688,12 @@ impl VfioPciCore {
                         .iter()
                         .find(|m| core::ptr::eq(&**m.device().parent(), dep.as_ref()))
                         .zip(ctx)
-                        .map_or(vfio::IommufdOwner::NotOwned, |(m, ctx)| m.iommufd_owner(ctx));
+                        .map_or(vfio::IommufdOwner::NotOwned, |(m, ctx)| {
+                            m.iommufd_owner(ctx)
+                        });
                     info.__bindgen_anon_1.devid = match owner {
                         vfio::IommufdOwner::DevId(id) => id,
-                        vfio::IommufdOwner::GroupOwned => uapi::VFIO_PCI_DEVID_OWNED as u32,
+                        vfio::IommufdOwner::GroupOwned => uapi::VFIO_PCI_DEVID_OWNED,
                         vfio::IommufdOwner::NotOwned => {
                             flags &= !uapi::VFIO_PCI_HOT_RESET_FLAG_DEV_ID_OWNED;
                             uapi::VFIO_PCI_DEVID_NOT_OWNED as u32
@@ -703,7 +708,11 @@ impl VfioPciCore {
             })?;
         }
 
-        let mut writer = UserSlice::new(arg.wrapping_byte_add(size_of::<Info>()), devices.len() * size_of::<Dependent>()).writer();
+        let mut writer = UserSlice::new(
+            arg.wrapping_byte_add(size_of::<Info>()),
+            devices.len() * size_of::<Dependent>(),
+        )
+        .writer();
         for device in &devices {
             writer.write(device)?;
         }
@@ -789,7 +798,12 @@ impl VfioPciCore {
             }
             // Keep users off each function during the reset. Locking several is prone to
             // deadlock: give up on contention.
-            let memory = member.data().get_ref().memory_lock.try_write().ok_or(EBUSY)?;
+            let memory = member
+                .data()
+                .get_ref()
+                .memory_lock
+                .try_write()
+                .ok_or(EBUSY)?;
             locked.push((member_pdev(member)?, memory, member), GFP_KERNEL)?;
         }
 
@@ -958,7 +972,9 @@ impl vfio::Driver for VfioPciCore {
         match cmd {
             vfio::DEVICE_GET_INFO => this.ioctl_get_info(pdev, arg),
             vfio::DEVICE_RESET => this.ioctl_reset(pdev),
-            vfio::DEVICE_GET_PCI_HOT_RESET_INFO => Self::ioctl_get_pci_hot_reset_info(vdev, pdev, arg),
+            vfio::DEVICE_GET_PCI_HOT_RESET_INFO => {
+                Self::ioctl_get_pci_hot_reset_info(vdev, pdev, arg)
+            }
             vfio::DEVICE_PCI_HOT_RESET => Self::ioctl_pci_hot_reset(vdev, pdev, arg),
             _ => Err(ENOTTY),
         }

@@ -69,6 +69,34 @@ impl Target<'_> {
     }
 }
 
+/// The next step of [`do_io_rw`].
+#[derive(Debug, PartialEq, Eq)]
+enum Step {
+    /// One access of this many bytes.
+    Access(usize),
+    /// This many bytes of the excluded range: reads fill with 0xff, writes are dropped.
+    Skip(usize),
+}
+
+/// The next step at `off` with `count` bytes left: the largest naturally aligned access of at
+/// most `max_width` bytes that does not reach into `excluded`, or the part of `excluded` ahead.
+fn next_step(off: usize, count: usize, excluded: &Range<usize>, max_width: usize) -> Step {
+    let fillable = if off < excluded.start {
+        count.min(excluded.start - off)
+    } else if off >= excluded.end {
+        count
+    } else {
+        0
+    };
+    match [8, 4, 2, 1]
+        .into_iter()
+        .find(|&w| fillable >= w && off % w == 0 && max_width >= w)
+    {
+        Some(width) => Step::Access(width),
+        None => Step::Skip(count.min(excluded.end - off)),
+    }
+}
+
 /// Reads or writes `count` bytes at `off` in the largest naturally aligned accesses up to
 /// `max_width` (`vfio_pci_core_do_io_rw()`). Reads of `excluded` fill with 0xff and writes to
 /// it are dropped: the MSI-X table, or the part of a ROM BAR past the ROM.
@@ -86,42 +114,32 @@ fn do_io_rw(
     let mut done = 0;
     while count != 0 {
         let ptr = buf.wrapping_byte_add(done);
-        let fillable = if off < excluded.start {
-            count.min(excluded.start - off)
-        } else if off >= excluded.end {
-            count
-        } else {
-            0
-        };
-
-        let width = [8, 4, 2, 1]
-            .into_iter()
-            .find(|&w| fillable >= w && off % w == 0 && max_width >= w);
-        let filled = if let Some(width) = width {
-            let mut bytes = [0u8; 8];
-            if write {
-                UserSlice::new(ptr, width)
-                    .reader()
-                    .read_slice(&mut bytes[..width])?;
-                target.access(pdev, off, width, Some(u64::from_le_bytes(bytes)))?;
-            } else {
-                let val = target.access(pdev, off, width, None)?;
-                bytes = val.to_le_bytes();
-                UserSlice::new(ptr, width)
-                    .writer()
-                    .write_slice(&bytes[..width])?;
-            }
-            width
-        } else {
-            // Fill reads with -1, drop writes.
-            let filled = count.min(excluded.end - off);
-            if !write {
-                let mut writer = UserSlice::new(ptr, filled).writer();
-                for _ in 0..filled {
-                    writer.write(&0xffu8)?;
+        let filled = match next_step(off, count, &excluded, max_width) {
+            Step::Access(width) => {
+                let mut bytes = [0u8; 8];
+                if write {
+                    UserSlice::new(ptr, width)
+                        .reader()
+                        .read_slice(&mut bytes[..width])?;
+                    target.access(pdev, off, width, Some(u64::from_le_bytes(bytes)))?;
+                } else {
+                    let val = target.access(pdev, off, width, None)?;
+                    bytes = val.to_le_bytes();
+                    UserSlice::new(ptr, width)
+                        .writer()
+                        .write_slice(&bytes[..width])?;
                 }
+                width
             }
-            filled
+            Step::Skip(filled) => {
+                if !write {
+                    let mut writer = UserSlice::new(ptr, filled).writer();
+                    for _ in 0..filled {
+                        writer.write(&0xffu8)?;
+                    }
+                }
+                filled
+            }
         };
 
         count -= filled;
@@ -240,8 +258,18 @@ impl VfioPciCore {
                 0xc0000,
                 VgaResource::LegacyMem,
             ),
-            0x3b0..=0x3bb => (IoMapping::ioport(0x3b0, 12)?, 0x3b0, 0x3bc, VgaResource::LegacyIo),
-            0x3c0..=0x3df => (IoMapping::ioport(0x3c0, 32)?, 0x3c0, 0x3e0, VgaResource::LegacyIo),
+            0x3b0..=0x3bb => (
+                IoMapping::ioport(0x3b0, 12)?,
+                0x3b0,
+                0x3bc,
+                VgaResource::LegacyIo,
+            ),
+            0x3c0..=0x3df => (
+                IoMapping::ioport(0x3c0, 32)?,
+                0x3c0,
+                0x3e0,
+                VgaResource::LegacyIo,
+            ),
             _ => return Err(EINVAL),
         };
         let count = count.min(end - off);
@@ -261,5 +289,58 @@ impl VfioPciCore {
         )?;
         *pos += i64::try_from(done)?;
         Ok(done)
+    }
+}
+
+#[kunit_tests(vfio_pci_rs_rdwr)]
+mod tests {
+    use super::*;
+
+    /// The steps `do_io_rw` takes for `count` bytes at `off`.
+    fn steps(mut off: usize, mut count: usize, excluded: Range<usize>, max: usize) -> KVec<Step> {
+        let mut all = KVec::new();
+        while count != 0 {
+            let step = next_step(off, count, &excluded, max);
+            let len = match step {
+                Step::Access(n) | Step::Skip(n) => n,
+            };
+            all.push(step, GFP_KERNEL).unwrap();
+            off += len;
+            count -= len;
+        }
+        all
+    }
+
+    #[test]
+    fn largest_aligned_accesses() {
+        use Step::Access as A;
+        assert_eq!(steps(0, 16, 0..0, 8)[..], [A(8), A(8)]);
+        // Unaligned start and end: ramp up to qwords, then down.
+        assert_eq!(
+            steps(1, 14, 0..0, 8)[..],
+            [A(1), A(2), A(4), A(4), A(2), A(1)]
+        );
+        assert_eq!(steps(6, 1, 0..0, 8)[..], [A(1)]);
+    }
+
+    #[test]
+    fn width_limit() {
+        use Step::Access as A;
+        // ROM and VGA accesses stop at dwords.
+        assert_eq!(steps(0, 16, 0..0, 4)[..], [A(4), A(4), A(4), A(4)]);
+    }
+
+    #[test]
+    fn excluded_range_is_skipped_whole() {
+        use Step::{Access as A, Skip as S};
+        // An MSI-X table at 0x10..0x30: accesses stop before it and resume after.
+        assert_eq!(steps(0x8, 0x30, 0x10..0x30, 8)[..], [A(8), S(0x20), A(8)]);
+        // Starting inside it skips to its end only as far as asked.
+        assert_eq!(steps(0x18, 4, 0x10..0x30, 8)[..], [S(4)]);
+        // A ROM shorter than its BAR: the tail reads as 0xff.
+        assert_eq!(
+            steps(0, 0x20, 0x10..0x40, 4)[..],
+            [A(4), A(4), A(4), A(4), S(0x10)]
+        );
     }
 }

@@ -826,7 +826,7 @@ impl<T: Driver> VTable<T> {
             // SAFETY: We are in a callback of a registered device.
             unsafe { dev.with_data(|data| T::get_region_info(dev, data, info, &mut chain)) }?;
             // SAFETY: The VFIO core passes an empty chain that it frees after the call.
-            unsafe { core::mem::swap(&mut *caps, &mut chain.caps) };
+            unsafe { core::ptr::swap(caps, &raw mut chain.caps) };
             Ok(0)
         })
     }

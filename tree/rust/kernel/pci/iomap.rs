@@ -158,8 +158,7 @@ impl Device<device::Bound> {
             return Err(EBUSY);
         }
         // SAFETY: `self.as_raw()` is a valid `pci_dev` and `bar` a standard BAR.
-        let Some(addr) = NonNull::new(unsafe { bindings::pci_iomap(self.as_raw(), bar, 0) })
-        else {
+        let Some(addr) = NonNull::new(unsafe { bindings::pci_iomap(self.as_raw(), bar, 0) }) else {
             // SAFETY: The region was requested above.
             unsafe { bindings::pci_release_selected_regions(self.as_raw(), 1 << bar) };
             return Err(ENOMEM);

@@ -322,11 +322,7 @@ impl Device {
         // SAFETY: `bus` of a valid `pci_dev` is valid; `visit` matches the callback type and
         // `walk` outlives the call.
         unsafe {
-            bindings::pci_walk_bus(
-                (*self.as_raw()).bus,
-                Some(visit),
-                (&raw mut walk).cast(),
-            )
+            bindings::pci_walk_bus((*self.as_raw()).bus, Some(visit), (&raw mut walk).cast())
         };
         walk.ret
     }
