@@ -8,7 +8,10 @@
 //!
 //! C sources: [`drivers/vfio/pci/`](srctree/drivers/vfio/pci/)
 
-use core::mem::{offset_of, size_of};
+use core::{
+    mem::{offset_of, size_of},
+    sync::atomic::{AtomicBool, Ordering},
+};
 use kernel::{
     device::{Bound, Core},
     driver, fmt,
@@ -18,7 +21,7 @@ use kernel::{
     str::BStr,
     new_rwsem,
     sync::{aref::ARef, Mutex, RwSemaphore},
-    uaccess::UserPtr,
+    uaccess::{UserPtr, UserSlice},
     uapi, vfio,
 };
 
@@ -120,6 +123,9 @@ struct VfioPciCore {
     disable_idle_d3: bool,
     /// PCI 2.3 INTx masking is not used (`nointxmask`).
     nointxmask: bool,
+    /// The function was used and not reset since (`needs_reset`); a slot or bus reset of its
+    /// set when all are closed cleans it.
+    needs_reset: AtomicBool,
 }
 
 /// The module parameters that shape a function's handling, read at probe as C reads them at
@@ -216,6 +222,7 @@ impl VfioPciCore {
                 has_vga: cfg!(CONFIG_VFIO_PCI_VGA) && !params.disable_vga && is_vga(pdev),
                 disable_idle_d3: params.disable_idle_d3,
                 nointxmask: params.nointxmask,
+                needs_reset: AtomicBool::new(false),
             }),
         )?;
 
@@ -327,16 +334,81 @@ fn add_atomic_cap(pdev: &pci::Device<Bound>, caps: &mut vfio::InfoCaps) -> Resul
 
 /// Resets `pdev` at close if its and its upstream bridge's locks can be taken: blocking on
 /// them could deadlock, and `pci_try_reset_function()` would overwrite the state just loaded.
-fn reset_at_close(pdev: &pci::Device<Bound>) {
+fn reset_at_close(pdev: &pci::Device<Bound>) -> bool {
     let _bridge_lock = match pdev.upstream_bridge() {
         Some(bridge) => match bridge.try_lock() {
             Some(guard) => Some(guard),
-            None => return,
+            None => return false,
         },
         None => None,
     };
-    if let Some(lock) = pdev.try_lock() {
-        let _ = lock.reset_function();
+    pdev.try_lock()
+        .is_some_and(|lock| lock.reset_function().is_ok())
+}
+
+/// The PCI function of a device set member.
+fn member_pdev<'a>(member: &vfio::DeviceSetMember<'a, VfioPciCore>) -> Result<&'a pci::Device<Bound>> {
+    member.device().parent().try_into()
+}
+
+/// The function to pass to `pci_reset_bus()` if every function the set's slot or bus reset
+/// reaches is in the set (`vfio_pci_dev_set_resettable()`): they all stay put and every driver
+/// of them takes part in the reset.
+fn dev_set_resettable<'a>(
+    dev_set: &vfio::DeviceSetGuard<'_, VfioPciCore>,
+    members: &[vfio::DeviceSetMember<'a, VfioPciCore>],
+) -> Option<&'a pci::Device<Bound>> {
+    // All functions of a set share one reset, so any of them answers for all.
+    let pdev = member_pdev(members.first()?).ok()?;
+    let scope = pdev.reset_scope()?;
+    pdev.for_each_in_reset_scope(scope, |dep| {
+        if dev_set.contains(dep.as_ref()) {
+            Ok(())
+        } else {
+            Err(ENODEV)
+        }
+    })
+    .ok()?;
+    Some(pdev)
+}
+
+/// Resets the set's slot or bus when no function of it is open and one of them was left
+/// dirty, e.g. for lack of a function reset (`vfio_pci_dev_set_try_reset()`).
+fn dev_set_try_reset(dev_set: &vfio::DeviceSetGuard<'_, VfioPciCore>) {
+    // The function being closed still counts as open.
+    if dev_set.open_count() > 1 {
+        return;
+    }
+    let Ok(members) = dev_set.members() else {
+        return;
+    };
+    if !members
+        .iter()
+        .any(|member| member.data().needs_reset.load(Ordering::Relaxed))
+    {
+        return;
+    }
+    let Some(pdev) = dev_set_resettable(dev_set, &members) else {
+        return;
+    };
+
+    // Idle functions sleep in D3hot; the reset wants them in D0.
+    for member in &members {
+        if let Ok(member_pdev) = member_pdev(member) {
+            let mut memory = member.data().get_ref().memory_lock.write();
+            let _ = VfioPciCore::set_power_state(member_pdev, &mut memory, pci::PowerState::D0);
+        }
+    }
+    let reset_done = pdev.reset_bus().is_ok();
+    for member in &members {
+        if reset_done {
+            member.data().needs_reset.store(false, Ordering::Relaxed);
+        }
+        if member.open_count() == 0 {
+            if let Ok(member_pdev) = member_pdev(member) {
+                member.data().idle(member_pdev);
+            }
+        }
     }
 }
 
@@ -553,6 +625,189 @@ impl VfioPciCore {
         }
     }
 
+    /// Handles `VFIO_DEVICE_GET_PCI_HOT_RESET_INFO`
+    /// (`vfio_pci_ioctl_get_pci_hot_reset_info()`): the functions a hot reset would reach, with
+    /// their IOMMU group, or with their iommufd device ID when the device was opened by cdev.
+    fn ioctl_get_pci_hot_reset_info(
+        vdev: &vfio::Device<Self, Bound>,
+        pdev: &pci::Device<Bound>,
+        arg: UserPtr,
+    ) -> Result<isize> {
+        type Info = uapi::vfio_pci_hot_reset_info;
+        type Dependent = uapi::vfio_pci_dependent_device;
+        let minsz = offset_of!(Info, count) + size_of::<u32>();
+        let mut hdr: Info = vfio::read_arg(arg, minsz)?;
+        let argsz = hdr.argsz as usize;
+        if argsz < minsz {
+            return Err(EINVAL);
+        }
+        hdr.flags = 0;
+
+        let scope = pdev.reset_scope().ok_or(ENODEV)?;
+        let mut count = 0usize;
+        pdev.for_each_in_reset_scope(scope, |_| {
+            count += 1;
+            Ok(())
+        })?;
+        if count == 0 {
+            return Err(ERANGE);
+        }
+        if count > argsz.saturating_sub(size_of::<Info>()) / size_of::<Dependent>() {
+            hdr.count = count.try_into()?;
+            vfio::write_arg(arg, &hdr, minsz)?;
+            return Err(ENOSPC);
+        }
+
+        let cdev = vdev.cdev_opened();
+        let mut flags = 0;
+        if cdev {
+            flags = uapi::VFIO_PCI_HOT_RESET_FLAG_DEV_ID | uapi::VFIO_PCI_HOT_RESET_FLAG_DEV_ID_OWNED;
+        }
+        let mut devices = KVec::<Dependent>::with_capacity(count, GFP_KERNEL)?;
+        {
+            let dev_set = vdev.lock_dev_set();
+            let members = dev_set.members()?;
+            let ctx = vdev.iommufd_ctx();
+            pdev.for_each_in_reset_scope(scope, |dep| {
+                // The topology changed since we counted.
+                if devices.len() >= count {
+                    return Err(EAGAIN);
+                }
+                let mut info = Dependent {
+                    segment: dep.domain_nr(),
+                    bus: dep.bus_number(),
+                    devfn: dep.devfn(),
+                    ..Default::default()
+                };
+                if cdev {
+                    // A hot reset needs every function it reaches in the set.
+                    let owner = members
+                        .iter()
+                        .find(|m| core::ptr::eq(&**m.device().parent(), dep.as_ref()))
+                        .zip(ctx)
+                        .map_or(vfio::IommufdOwner::NotOwned, |(m, ctx)| m.iommufd_owner(ctx));
+                    info.__bindgen_anon_1.devid = match owner {
+                        vfio::IommufdOwner::DevId(id) => id,
+                        vfio::IommufdOwner::GroupOwned => uapi::VFIO_PCI_DEVID_OWNED as u32,
+                        vfio::IommufdOwner::NotOwned => {
+                            flags &= !uapi::VFIO_PCI_HOT_RESET_FLAG_DEV_ID_OWNED;
+                            uapi::VFIO_PCI_DEVID_NOT_OWNED as u32
+                        }
+                    };
+                } else {
+                    // Functions without an IOMMU group are not isolated: no reset for them.
+                    let group = dep.iommu_group_id().ok_or(EPERM)?;
+                    info.__bindgen_anon_1.group_id = group as u32;
+                }
+                Ok(devices.push(info, GFP_KERNEL)?)
+            })?;
+        }
+
+        let mut writer = UserSlice::new(arg.wrapping_byte_add(size_of::<Info>()), devices.len() * size_of::<Dependent>()).writer();
+        for device in &devices {
+            writer.write(device)?;
+        }
+        hdr.count = devices.len().try_into()?;
+        hdr.flags = flags;
+        vfio::write_arg(arg, &hdr, minsz)?;
+        Ok(0)
+    }
+
+    /// Handles `VFIO_DEVICE_PCI_HOT_RESET` (`vfio_pci_ioctl_pci_hot_reset()`): with the group
+    /// fds of every function it reaches, or for a cdev-opened device with none, when one
+    /// iommufd context owns them all.
+    fn ioctl_pci_hot_reset(
+        vdev: &vfio::Device<Self, Bound>,
+        pdev: &pci::Device<Bound>,
+        arg: UserPtr,
+    ) -> Result<isize> {
+        type HotReset = uapi::vfio_pci_hot_reset;
+        let minsz = offset_of!(HotReset, count) + size_of::<u32>();
+        let hdr: HotReset = vfio::read_arg(arg, minsz)?;
+        if (hdr.argsz as usize) < minsz || hdr.flags != 0 {
+            return Err(EINVAL);
+        }
+        // A zero-length array is only for cdev-opened devices.
+        if (hdr.count != 0) == vdev.cdev_opened() {
+            return Err(EINVAL);
+        }
+        let scope = pdev.reset_scope().ok_or(ENODEV)?;
+
+        if hdr.count == 0 {
+            return Self::dev_set_hot_reset(vdev, None, vdev.iommufd_ctx());
+        }
+
+        // At most one group per function: don't copy an arbitrarily large array.
+        let mut count = 0usize;
+        pdev.for_each_in_reset_scope(scope, |_| {
+            count += 1;
+            Ok(())
+        })?;
+        let array_count = hdr.count as usize;
+        if array_count > count {
+            return Err(EINVAL);
+        }
+        let mut reader = UserSlice::new(
+            arg.wrapping_byte_add(size_of::<HotReset>()),
+            array_count * size_of::<i32>(),
+        )
+        .reader();
+        let mut fds = KVec::<i32>::with_capacity(array_count, GFP_KERNEL)?;
+        for _ in 0..array_count {
+            fds.push(reader.read::<i32>()?, GFP_KERNEL)?;
+        }
+        // Hold each group across the reset.
+        let mut groups = KVec::with_capacity(array_count, GFP_KERNEL)?;
+        for fd in fds {
+            groups.push(vfio::GroupFile::from_fd(fd)?, GFP_KERNEL)?;
+        }
+        Self::dev_set_hot_reset(vdev, Some(&groups), None)
+    }
+
+    /// Resets the slot or bus of the device set if the caller owns every function in it
+    /// (`vfio_pci_dev_set_hot_reset()`).
+    fn dev_set_hot_reset(
+        vdev: &vfio::Device<Self, Bound>,
+        groups: Option<&[vfio::GroupFile]>,
+        ctx: Option<vfio::IommufdCtx>,
+    ) -> Result<isize> {
+        let dev_set = vdev.lock_dev_set();
+        let members = dev_set.members()?;
+        let pdev = dev_set_resettable(&dev_set, &members).ok_or(EINVAL)?;
+
+        let mut locked = KVec::with_capacity(members.len(), GFP_KERNEL)?;
+        for member in &members {
+            // With groups, each function must be in one of them; from a cdev, each must be
+            // bound to the caller's iommufd, or have its group owned by it.
+            let owned = match (ctx, groups) {
+                (Some(ctx), _) => member.iommufd_owner(ctx) != vfio::IommufdOwner::NotOwned,
+                (None, Some(groups)) => member.in_groups(groups),
+                (None, None) => false,
+            };
+            if !owned {
+                return Err(EINVAL);
+            }
+            // Keep users off each function during the reset. Locking several is prone to
+            // deadlock: give up on contention.
+            let memory = member.data().get_ref().memory_lock.try_write().ok_or(EBUSY)?;
+            locked.push((member_pdev(member)?, memory, member), GFP_KERNEL)?;
+        }
+
+        // A function outside D0 would be put in D0 by the reset behind our back, losing the
+        // state a NoSoftRst- function keeps in `pm_save`.
+        for (member_pdev, memory, _) in locked.iter_mut() {
+            let _ = Self::set_power_state(member_pdev, memory, pci::PowerState::D0);
+        }
+        let ret = pdev.reset_bus();
+        // Closed functions go back to sleep.
+        for (member_pdev, memory, member) in locked.iter_mut() {
+            if member.open_count() == 0 && !member.data().disable_idle_d3 {
+                let _ = Self::set_power_state(member_pdev, memory, pci::PowerState::D3Hot);
+            }
+        }
+        ret.map(|()| 0)
+    }
+
     /// Handles `VFIO_DEVICE_RESET` (`vfio_pci_ioctl_reset()`).
     fn ioctl_reset(&self, pdev: &pci::Device<Bound>) -> Result<isize> {
         if !self.open.lock().reset_works {
@@ -638,7 +893,11 @@ impl vfio::Driver for VfioPciCore {
     }
 
     /// `vfio_pci_core_disable()`.
-    fn close_device(vdev: &vfio::Device<Self, Bound>, this: Pin<&Self>) {
+    fn close_device(
+        vdev: &vfio::Device<Self, Bound>,
+        this: Pin<&Self>,
+        dev_set: &vfio::DeviceSetGuard<'_, Self>,
+    ) {
         let Ok(pdev) = Self::pdev(vdev) else {
             return;
         };
@@ -657,6 +916,7 @@ impl vfio::Driver for VfioPciCore {
 
         this.config_free();
         this.memory_lock.write().bars = core::array::from_fn(|_| Err(ENODEV));
+        this.needs_reset.store(true, Ordering::Relaxed);
 
         // Restore the state saved at open, and reset if we can: resetting with the current
         // state beats nothing, but saving and restoring it without a reset is busy work.
@@ -675,14 +935,15 @@ impl vfio::Driver for VfioPciCore {
                 uapi::PCI_COMMAND_INTX_DISABLE as u16,
                 uapi::PCI_COMMAND as usize,
             );
-            if open.reset_works {
-                reset_at_close(pdev);
+            if open.reset_works && reset_at_close(pdev) {
+                this.needs_reset.store(false, Ordering::Relaxed);
             }
             pdev.restore_state();
         }
 
         pdev.disable_device();
         *open = OpenState::default();
+        dev_set_try_reset(dev_set);
         this.idle(pdev);
     }
 
@@ -697,6 +958,8 @@ impl vfio::Driver for VfioPciCore {
         match cmd {
             vfio::DEVICE_GET_INFO => this.ioctl_get_info(pdev, arg),
             vfio::DEVICE_RESET => this.ioctl_reset(pdev),
+            vfio::DEVICE_GET_PCI_HOT_RESET_INFO => Self::ioctl_get_pci_hot_reset_info(vdev, pdev, arg),
+            vfio::DEVICE_PCI_HOT_RESET => Self::ioctl_pci_hot_reset(vdev, pdev, arg),
             _ => Err(ENOTTY),
         }
     }

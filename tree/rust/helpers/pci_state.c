@@ -35,3 +35,8 @@ __rust_helper int rust_helper_vga_get_interruptible(struct pci_dev *pdev,
 {
 	return vga_get_interruptible(pdev, rsrc);
 }
+
+__rust_helper int rust_helper_pci_domain_nr(struct pci_bus *bus)
+{
+	return pci_domain_nr(bus);
+}
