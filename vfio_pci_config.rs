@@ -1121,8 +1121,9 @@ pub(crate) struct ConfigState {
     virt: Option<Virt>,
     /// INTx masking of the open function.
     intx: Option<IntxMasking>,
-    /// The user set INTx disable in the virtual COMMAND (`virq_disabled`).
-    virq_disabled: bool,
+    /// The user set INTx disable in the virtual COMMAND (`virq_disabled`); the interrupt
+    /// code masks INTx while it is set.
+    pub(crate) virq_disabled: bool,
     /// The function has extended capabilities to walk (`extended_caps`); as in C, kept
     /// across opens.
     extended_caps: bool,
