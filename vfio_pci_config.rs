@@ -685,6 +685,38 @@ impl Virt {
         i
     }
 
+    /// The bytes of an access of `count` at `pos` done in one go: aligned, a dword at most,
+    /// and within one capability. The caller goes on to the next chunk.
+    fn chunk(&self, pos: usize, count: usize) -> usize {
+        let count = count.min(self.cap_remaining_dword(pos));
+        if count >= 4 && pos % 4 == 0 {
+            4
+        } else if count >= 2 && pos % 2 == 0 {
+            2
+        } else {
+            1
+        }
+    }
+
+    /// What a direct read of `count` bytes at `pos`, `offset` into its capability, returns
+    /// when the hardware has `hw` there: the capability ID and next pointer (the whole
+    /// header of an extended capability) come from `vconfig`.
+    fn direct_mangle(&self, pos: usize, offset: usize, count: usize, hw: u32) -> u32 {
+        if pos >= CFG_SPACE {
+            if offset < 4 {
+                return self.get(pos, count);
+            }
+        } else if pos >= STD_HEADER {
+            if offset == us(uapi::PCI_CAP_LIST_ID) && count > 1 {
+                let n = count.min(us(uapi::PCI_CAP_FLAGS));
+                return (hw & (u32::MAX << (n * 8))) | self.get(pos, n);
+            } else if offset == us(uapi::PCI_CAP_LIST_NEXT) {
+                return (hw & !0xff) | self.get(pos, 1);
+            }
+        }
+        hw
+    }
+
     /// Reads `size` bytes at `offset` into `vconfig` in the largest aligned accesses
     /// (`vfio_fill_vconfig_bytes()`).
     fn fill(&mut self, dev: &impl ConfigSource, mut offset: usize, mut size: usize) -> Result {
@@ -1247,24 +1279,8 @@ impl Access<'_> {
     /// Reads the hardware, but the capability ID and next pointer from `vconfig`
     /// (`vfio_direct_config_read()`).
     fn direct_read(&mut self) -> Result<u32> {
-        let (pos, count, offset) = (self.pos, self.count, self.offset);
-        let mut val = self.user_read(pos, count)?;
-        if pos >= CFG_SPACE {
-            // The extended capability header.
-            if offset < 4 {
-                val = self.v.get(pos, count);
-            }
-        } else if pos >= STD_HEADER {
-            if offset == us(uapi::PCI_CAP_LIST_ID) && count > 1 {
-                // ID and next.
-                let n = count.min(us(uapi::PCI_CAP_FLAGS));
-                let keep = u32::MAX << (n * 8);
-                val = (val & keep) | self.v.get(pos, n);
-            } else if offset == us(uapi::PCI_CAP_LIST_NEXT) {
-                val = (val & !0xff) | self.v.get(pos, 1);
-            }
-        }
-        Ok(val)
+        let hw = self.user_read(self.pos, self.count)?;
+        Ok(self.v.direct_mangle(self.pos, self.offset, self.count, hw))
     }
 
     /// `vfio_basic_config_read()`.
@@ -1689,15 +1705,7 @@ impl VfioPciCore {
         // CAST: `pos` < `size`.
         let pos = pos as usize;
 
-        // An aligned chunk of no more than one capability; the caller goes on to the next.
-        let count = count.min(virt.cap_remaining_dword(pos));
-        let count = if count >= 4 && pos % 4 == 0 {
-            4
-        } else if count >= 2 && pos % 2 == 0 {
-            2
-        } else {
-            1
-        };
+        let count = virt.chunk(pos, count);
 
         let (perm, start) = lookup(virt, pos);
         let mut access = Access {
@@ -2237,6 +2245,53 @@ mod tests {
         f.ecap(0x200, uapi::PCI_EXT_CAP_ID_ERR, 0);
         let v = walk(&f)?;
         assert!(map_is(&v, 0x100..0x1000, CAP_ID_INVALID));
+        Ok(())
+    }
+
+    #[test]
+    fn chunks() -> Result {
+        let f = endpoint()?;
+        let v = walk(&f)?;
+        // Aligned, a dword at most.
+        assert_eq!(v.chunk(0, 4096), 4);
+        assert_eq!(v.chunk(1, 3), 1);
+        assert_eq!(v.chunk(2, 2), 2);
+        assert_eq!(v.chunk(2, 8), 2);
+        assert_eq!(v.chunk(4, 3), 2);
+        // Not across a capability's end: MSI ends at 0x5e, PCIe at 0xa4, in mid-dword.
+        assert_eq!(v.chunk(0x5c, 4), 2);
+        assert_eq!(v.chunk(0x5d, 3), 1);
+        assert_eq!(v.chunk(0x5e, 2), 2);
+        assert_eq!(v.chunk(0xa0, 8), 4);
+        // Not from the header into the first capability.
+        assert_eq!(v.chunk(0x3e, 4), 2);
+        Ok(())
+    }
+
+    #[test]
+    fn direct_reads_virtualize_the_chain() -> Result {
+        let mut f = endpoint()?;
+        f.cap(0xb0, uapi::PCI_CAP_ID_MSIX, 0xc0);
+        f.cap(0xc0, uapi::PCI_CAP_ID_SLOTID, 0);
+        let v = walk(&f)?;
+        // The hidden capability is unlinked in vconfig; reads of ID and next get that.
+        assert_eq!(v.get8(0xb1), 0);
+        let hw = f.read32(0xb0)?;
+        assert_eq!(hw & 0xff00, 0xc000);
+        assert_eq!(v.direct_mangle(0xb0, 0, 4, hw), hw & 0xffff_00ff);
+        assert_eq!(v.direct_mangle(0xb0, 0, 2, hw & 0xffff), hw & 0x00ff);
+        assert_eq!(v.direct_mangle(0xb1, 1, 1, 0xc0), 0);
+        // A lone ID byte and the rest of the capability come from the hardware.
+        assert_eq!(v.direct_mangle(0xb0, 0, 1, 0x11), 0x11);
+        assert_eq!(v.direct_mangle(0xb4, 4, 4, 0x1234_5678), 0x1234_5678);
+        // The extended header comes from vconfig: the hidden 0x148 ecap is skipped.
+        let hw = f.read32(0x100)?;
+        assert_eq!(hw >> 20, 0x148);
+        assert_eq!(v.direct_mangle(0x100, 0, 4, hw) >> 20, 0x160);
+        assert_eq!(v.direct_mangle(0x102, 2, 2, hw >> 16), 0x1601);
+        assert_eq!(v.direct_mangle(0x104, 4, 4, 0xdead), 0xdead);
+        // In the header (a capability pointing there), nothing is virtualized.
+        assert_eq!(v.direct_mangle(0x10, 0, 4, 0xdead), 0xdead);
         Ok(())
     }
 
