@@ -492,8 +492,11 @@ trait ConfigSource {
     fn cfg_size(&self) -> usize;
     /// The cached PCI Express Capabilities register (`pcie_caps_reg()`).
     fn pcie_flags(&self) -> u16;
+    /// Reads config space as `pci_read_config_byte()` does.
     fn read8(&self, pos: usize) -> Result<u8>;
+    /// Reads config space as `pci_read_config_word()` does: `pos` must be aligned.
     fn read16(&self, pos: usize) -> Result<u16>;
+    /// Reads config space as `pci_read_config_dword()` does: `pos` must be aligned.
     fn read32(&self, pos: usize) -> Result<u32>;
     /// Reports what the walk found.
     fn note(&self, note: WalkNote);
@@ -585,7 +588,7 @@ impl ConfigSource for pci::Device<Bound> {
 ///
 /// # Invariants
 ///
-/// `map` and `vconfig` are both `cfg_size` bytes long.
+/// `map` and `vconfig` have the same length, the config space size: at least 256 bytes.
 struct Virt {
     /// The capability ID owning each byte, or `CAP_ID_INVALID{,_VIRT}` (`pci_config_map`).
     map: KVec<u8>,
@@ -751,7 +754,10 @@ impl Virt {
         pos: usize,
         len: usize,
     ) -> Result {
-        let len = len.min(self.size() - pos);
+        let len = len.min(self.size().saturating_sub(pos));
+        if len == 0 {
+            return Ok(());
+        }
         for i in pos..pos + len {
             if self.map[i] != CAP_ID_INVALID {
                 dev.note(WalkNote::Conflict {
@@ -1187,13 +1193,17 @@ impl ConfigState {
 
 /// An access to one chunk of config space: a dword or less within one capability.
 struct Access<'a> {
+    /// For `memory_lock` and the power state.
     core: &'a VfioPciCore,
     pdev: &'a pci::Device<Bound>,
+    /// The open function's virtualized config space.
     v: &'a mut Virt,
+    /// The rest of [`ConfigState`], which the handlers read or update.
     intx: Option<IntxMasking>,
     virq_disabled: &'a mut bool,
     msi_qmax: u8,
     msi_enabled: bool,
+    /// The table of the capability accessed.
     perm: &'static Perm,
     /// The offset in config space.
     pos: usize,
