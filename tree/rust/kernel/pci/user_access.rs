@@ -9,7 +9,12 @@
 //! C header: [`include/linux/pci.h`](srctree/include/linux/pci.h)
 
 use super::{Device, PowerState};
-use crate::{bindings, device, error::to_result, ffi::c_ulong, prelude::*};
+use crate::{
+    bindings, device,
+    error::to_result,
+    ffi::{c_int, c_ulong},
+    prelude::*,
+};
 
 /// The flags of a PCI resource (`IORESOURCE_*`).
 #[derive(Copy, Clone, Debug, Eq, PartialEq)]
@@ -61,7 +66,52 @@ macro_rules! user_config_accessors {
     };
 }
 
+/// Converts the `PCIBIOS_*` status of a config access to a result (`pcibios_err_to_errno()`).
+fn pcibios_to_result(ret: c_int) -> Result {
+    // Zero is success; a negative value is already an errno.
+    if ret <= 0 {
+        return to_result(ret);
+    }
+    // CAST: `ret` is positive.
+    Err(match ret as u32 {
+        bindings::PCIBIOS_FUNC_NOT_SUPPORTED => ENOENT,
+        bindings::PCIBIOS_BAD_VENDOR_ID => ENOTTY,
+        bindings::PCIBIOS_DEVICE_NOT_FOUND => ENODEV,
+        bindings::PCIBIOS_BAD_REGISTER_NUMBER => EFAULT,
+        bindings::PCIBIOS_SET_FAILED => EIO,
+        bindings::PCIBIOS_BUFFER_TOO_SMALL => ENOSPC,
+        _ => ERANGE,
+    })
+}
+
+macro_rules! config_readers {
+    ($($read:ident, $ty:ty, $c_read:ident;)*) => {
+        $(
+            #[doc = concat!("Reads a `", stringify!($ty), "` of config space (`")]
+            #[doc = concat!(stringify!($c_read), "()`), with its status as an errno.")]
+            ///
+            /// Unlike [`Device::config_space`], a failed access (bad alignment, a disconnected
+            /// function) is an error, not a value.
+            pub fn $read(&self, pos: u16) -> Result<$ty> {
+                let mut val: $ty = 0;
+                // SAFETY: `self.as_raw()` is a valid `pci_dev`; `val` is a valid output. The
+                // call checks the alignment of `pos` and fails a disconnected function.
+                pcibios_to_result(unsafe {
+                    bindings::$c_read(self.as_raw(), pos.into(), &mut val)
+                })?;
+                Ok(val)
+            }
+        )*
+    };
+}
+
 impl Device<device::Bound> {
+    config_readers! {
+        read_config_byte, u8, pci_read_config_byte;
+        read_config_word, u16, pci_read_config_word;
+        read_config_dword, u32, pci_read_config_dword;
+    }
+
     user_config_accessors! {
         user_read_config_byte, user_write_config_byte, u8,
             pci_user_read_config_byte, pci_user_write_config_byte;
