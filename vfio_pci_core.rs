@@ -8,7 +8,10 @@
 //!
 //! C sources: [`drivers/vfio/pci/`](srctree/drivers/vfio/pci/)
 
-use core::mem::{offset_of, size_of};
+use core::{
+    mem::{offset_of, size_of},
+    sync::atomic::{AtomicBool, Ordering},
+};
 use kernel::{
     device::{Bound, Core},
     driver, fmt,
@@ -16,8 +19,9 @@ use kernel::{
     new_mutex, pci,
     prelude::*,
     str::BStr,
-    sync::{aref::ARef, Mutex},
-    uaccess::UserPtr,
+    new_rwsem,
+    sync::{aref::ARef, Mutex, RwSemaphore},
+    uaccess::{UserPtr, UserSlice},
     uapi, vfio,
 };
 
@@ -26,6 +30,8 @@ mod vfio_pci_dmabuf;
 mod vfio_pci_intrs;
 mod vfio_pci_priv;
 mod vfio_pci_rdwr;
+
+use vfio_pci_priv::{IntxMasking, MemoryState, MsixLocation};
 
 module! {
     type: VfioPciModule,
@@ -37,6 +43,18 @@ module! {
         ids: string {
             default: "",
             description: "Initial PCI IDs to add to the vfio driver, format is \"vendor:device[:subvendor[:subdevice[:class[:class_mask]]]]\" and multiple comma separated entries can be specified",
+        },
+        nointxmask: bool {
+            default: false,
+            description: "Disable support for PCI 2.3 style INTx masking.  If this resolves problems for specific devices, report lspci -vvvxxx to linux-pci@vger.kernel.org so the device can be fixed automatically via the broken_intx_masking flag.",
+        },
+        disable_vga: bool {
+            default: false,
+            description: "Disable VGA resource access through vfio-pci",
+        },
+        disable_idle_d3: bool {
+            default: false,
+            description: "Disable using the PCI D3 low power state for idle, unused devices",
         },
         disable_denylist: bool {
             default: false,
@@ -66,7 +84,7 @@ impl pci::Driver for VfioPciDriver {
         pdev: &'bound pci::Device<Core<'_>>,
         _info: Option<&'bound Self::IdInfo>,
     ) -> impl PinInit<Self::Data<'bound>, Error> + 'bound {
-        VfioPciCore::probe(pdev, *module_parameters::disable_denylist.value_ref())
+        VfioPciCore::probe(pdev, Params::get())
     }
 }
 
@@ -77,14 +95,62 @@ struct OpenState {
     reset_works: bool,
     /// The config state stored at open, loaded back at close.
     saved_state: Option<pci::SavedState>,
+    /// The MSI-X table, if the function has one.
+    msix: Option<MsixLocation>,
+    /// BARs userspace may mmap (`bar_mmap_supported`).
+    bar_mmap_supported: [bool; 6],
+    /// The rest of the page of sub-page BARs, held while the function is open.
+    page_tail_reservations: [Option<pci::PageTailReservation>; 6],
 }
 
 /// A function driven by vfio-pci-rs, C's `struct vfio_pci_core_device`.
+///
+/// Lock order: `open`, then `config`, then `memory_lock`.
 #[pin_data]
 struct VfioPciCore {
     /// Open state. `open_device` and `close_device` also run under the device set lock.
     #[pin]
     open: Mutex<OpenState>,
+    /// The virtualized config space, set up at open.
+    #[pin]
+    config: Mutex<vfio_pci_config::ConfigState>,
+    /// Memory decode and power state, and the BAR mappings only reachable under it.
+    #[pin]
+    memory_lock: RwSemaphore<MemoryState>,
+    /// The function is a VGA device whose legacy ranges are offered (`has_vga`).
+    has_vga: bool,
+    /// Idle functions are left in D0 (`disable_idle_d3`).
+    disable_idle_d3: bool,
+    /// PCI 2.3 INTx masking is not used (`nointxmask`).
+    nointxmask: bool,
+    /// The function was used and not reset since (`needs_reset`); a slot or bus reset of its
+    /// set when all are closed cleans it.
+    needs_reset: AtomicBool,
+}
+
+/// The module parameters that shape a function's handling, read at probe as C reads them at
+/// module load.
+struct Params {
+    disable_denylist: bool,
+    disable_vga: bool,
+    disable_idle_d3: bool,
+    nointxmask: bool,
+}
+
+impl Params {
+    fn get() -> Self {
+        Self {
+            disable_denylist: *module_parameters::disable_denylist.value_ref(),
+            disable_vga: *module_parameters::disable_vga.value_ref(),
+            disable_idle_d3: *module_parameters::disable_idle_d3.value_ref(),
+            nointxmask: *module_parameters::nointxmask.value_ref(),
+        }
+    }
+}
+
+/// Whether `pdev` is a VGA device (`vfio_pci_is_vga()`).
+fn is_vga(pdev: &pci::Device) -> bool {
+    pdev.pci_class() == pci::Class::DISPLAY_VGA
 }
 
 /// Whether vfio-pci refuses `pdev` for known errata (`vfio_pci_dev_in_denylist()`).
@@ -106,12 +172,9 @@ fn in_denylist(pdev: &pci::Device) -> bool {
 impl VfioPciCore {
     /// Allocates and registers the VFIO device of `pdev` (`vfio_pci_probe()` and
     /// `vfio_pci_core_register_device()`).
-    fn probe(
-        pdev: &pci::Device<Core<'_>>,
-        disable_denylist: bool,
-    ) -> Result<ARef<vfio::Device<Self>>> {
+    fn probe(pdev: &pci::Device<Core<'_>>, params: Params) -> Result<ARef<vfio::Device<Self>>> {
         if in_denylist(pdev) {
-            if !disable_denylist {
+            if !params.disable_denylist {
                 dev_warn!(
                     pdev,
                     "{:04x}:{:04x} exists in vfio-pci device denylist, driver probing disallowed.\n",
@@ -145,16 +208,41 @@ impl VfioPciCore {
         // transition out of it is to D0. A failure shows again at open.
         let _ = pdev.set_power_state(pci::PowerState::D0);
 
+        let mut memory = MemoryState::new();
+        memory.needs_pm_restore = needs_pm_restore(pdev);
+
         vfio::Registration::new_foreign_owned(
             parent,
             &vdev,
             vfio::DeviceSetKey::for_pci(pdev),
             try_pin_init!(Self {
                 open <- new_mutex!(OpenState::default()),
+                config <- new_mutex!(vfio_pci_config::ConfigState::new()),
+                memory_lock <- new_rwsem!(memory, "vfio_pci_rs::memory_lock"),
+                has_vga: cfg!(CONFIG_VFIO_PCI_VGA) && !params.disable_vga && is_vga(pdev),
+                disable_idle_d3: params.disable_idle_d3,
+                nointxmask: params.nointxmask,
+                needs_reset: AtomicBool::new(false),
             }),
         )?;
 
+        // Idle functions sleep in D3hot until opened (C gets there through runtime PM).
+        if !params.disable_idle_d3 {
+            let _ = pdev.set_power_state(pci::PowerState::D3Hot);
+        }
+
         Ok(vdev)
+    }
+
+    /// Puts an unused function in D3hot unless `disable_idle_d3` is set.
+    fn idle(&self, pdev: &pci::Device<Bound>) {
+        if !self.disable_idle_d3 {
+            let _ = Self::set_power_state(
+                pdev,
+                &mut self.memory_lock.write(),
+                pci::PowerState::D3Hot,
+            );
+        }
     }
 
     /// The PCI function of `vdev`.
@@ -246,16 +334,490 @@ fn add_atomic_cap(pdev: &pci::Device<Bound>, caps: &mut vfio::InfoCaps) -> Resul
 
 /// Resets `pdev` at close if its and its upstream bridge's locks can be taken: blocking on
 /// them could deadlock, and `pci_try_reset_function()` would overwrite the state just loaded.
-fn reset_at_close(pdev: &pci::Device<Bound>) {
+fn reset_at_close(pdev: &pci::Device<Bound>) -> bool {
     let _bridge_lock = match pdev.upstream_bridge() {
         Some(bridge) => match bridge.try_lock() {
             Some(guard) => Some(guard),
-            None => return,
+            None => return false,
         },
         None => None,
     };
-    if let Some(lock) = pdev.try_lock() {
-        let _ = lock.reset_function();
+    pdev.try_lock()
+        .is_some_and(|lock| lock.reset_function().is_ok())
+}
+
+/// The PCI function of a device set member.
+fn member_pdev<'a>(member: &vfio::DeviceSetMember<'a, VfioPciCore>) -> Result<&'a pci::Device<Bound>> {
+    member.device().parent().try_into()
+}
+
+/// The function to pass to `pci_reset_bus()` if every function the set's slot or bus reset
+/// reaches is in the set (`vfio_pci_dev_set_resettable()`): they all stay put and every driver
+/// of them takes part in the reset.
+fn dev_set_resettable<'a>(
+    dev_set: &vfio::DeviceSetGuard<'_, VfioPciCore>,
+    members: &[vfio::DeviceSetMember<'a, VfioPciCore>],
+) -> Option<&'a pci::Device<Bound>> {
+    // All functions of a set share one reset, so any of them answers for all.
+    let pdev = member_pdev(members.first()?).ok()?;
+    let scope = pdev.reset_scope()?;
+    pdev.for_each_in_reset_scope(scope, |dep| {
+        if dev_set.contains(dep.as_ref()) {
+            Ok(())
+        } else {
+            Err(ENODEV)
+        }
+    })
+    .ok()?;
+    Some(pdev)
+}
+
+/// Resets the set's slot or bus when no function of it is open and one of them was left
+/// dirty, e.g. for lack of a function reset (`vfio_pci_dev_set_try_reset()`).
+fn dev_set_try_reset(dev_set: &vfio::DeviceSetGuard<'_, VfioPciCore>) {
+    // The function being closed still counts as open.
+    if dev_set.open_count() > 1 {
+        return;
+    }
+    let Ok(members) = dev_set.members() else {
+        return;
+    };
+    if !members
+        .iter()
+        .any(|member| member.data().needs_reset.load(Ordering::Relaxed))
+    {
+        return;
+    }
+    let Some(pdev) = dev_set_resettable(dev_set, &members) else {
+        return;
+    };
+
+    // Idle functions sleep in D3hot; the reset wants them in D0.
+    for member in &members {
+        if let Ok(member_pdev) = member_pdev(member) {
+            let mut memory = member.data().get_ref().memory_lock.write();
+            let _ = VfioPciCore::set_power_state(member_pdev, &mut memory, pci::PowerState::D0);
+        }
+    }
+    let reset_done = pdev.reset_bus().is_ok();
+    for member in &members {
+        if reset_done {
+            member.data().needs_reset.store(false, Ordering::Relaxed);
+        }
+        if member.open_count() == 0 {
+            if let Ok(member_pdev) = member_pdev(member) {
+                member.data().idle(member_pdev);
+            }
+        }
+    }
+}
+
+/// Whether `pdev` loses its state on the way back from D3hot, its PMCSR having No_Soft_Reset
+/// clear (`vfio_pci_probe_power_state()`).
+fn needs_pm_restore(pdev: &pci::Device<Bound>) -> bool {
+    let pm = pdev.pm_cap();
+    if pm == 0 {
+        return false;
+    }
+    let pmcsr = pdev
+        .config_space()
+        .try_read16(usize::from(pm) + uapi::PCI_PM_CTRL as usize)
+        .unwrap_or(0);
+    u32::from(pmcsr) & uapi::PCI_PM_CTRL_NO_SOFT_RESET == 0
+}
+
+/// Devices whose INTx masking is known broken (`vfio_pci_nointx()`): i40e and X550 NICs.
+fn intx_masking_broken(pdev: &pci::Device) -> bool {
+    pdev.vendor_id() == pci::Vendor::INTEL
+        && matches!(
+            pdev.device_id(),
+            0x1572 | 0x1574 | 0x1580..=0x1581 | 0x1583..=0x158b | 0x37d0..=0x37d2 | 0x1563
+        )
+}
+
+/// The location of `pdev`'s MSI-X table, read from its capability.
+fn msix_location(pdev: &pci::Device<Bound>) -> Option<MsixLocation> {
+    let pos = usize::from(pdev.msix_cap());
+    if pos == 0 {
+        return None;
+    }
+    let config = pdev.config_space();
+    let flags = config.try_read16(pos + uapi::PCI_MSIX_FLAGS as usize).ok()?;
+    let table = config.try_read32(pos + uapi::PCI_MSIX_TABLE as usize).ok()?;
+    Some(MsixLocation {
+        bar: table & uapi::PCI_MSIX_TABLE_BIR,
+        offset: u64::from(table & uapi::PCI_MSIX_TABLE_OFFSET),
+        size: (u64::from(u32::from(flags) & uapi::PCI_MSIX_FLAGS_QSIZE) + 1) * 16,
+    })
+}
+
+impl VfioPciCore {
+    /// Moves the function to `state`, saving its config state on the way into D3hot and
+    /// restoring it on the way back when the function loses it (`vfio_pci_set_power_state()`).
+    ///
+    /// Takes the [`MemoryState`] of a held `memory_lock` write guard: memory decode changes.
+    fn set_power_state(
+        pdev: &pci::Device<Bound>,
+        memory: &mut MemoryState,
+        state: pci::PowerState,
+    ) -> Result {
+        let current = pdev.power_state() as i32;
+        let target = state as i32;
+        let d3hot = pci::PowerState::D3Hot as i32;
+
+        // A PF with VFs enabled keeps its power: the VFs depend on it.
+        if target > 0 && pdev.num_vf() != 0 {
+            return Err(EBUSY);
+        }
+
+        let needs_save = memory.needs_pm_restore && current < d3hot && target >= d3hot;
+        if needs_save {
+            pdev.save_state();
+        }
+        let needs_restore = memory.needs_pm_restore && current >= d3hot && target <= 0;
+
+        pdev.set_power_state(state)?;
+
+        // D3 might be unsupported via quirk: only keep the state if the function got there.
+        if needs_save && pdev.power_state() as i32 >= d3hot {
+            memory.pm_save = pdev.store_saved_state();
+        } else if needs_restore {
+            let _ = pdev.load_saved_state(memory.pm_save.take());
+            pdev.restore_state();
+        }
+        Ok(())
+    }
+
+    /// Maps the BARs for read and write (`vfio_pci_core_map_bars()`), as C does at open.
+    fn map_bars(pdev: &pci::Device<Bound>) -> [Result<pci::IoMapping>; 6] {
+        core::array::from_fn(|bar| {
+            // CAST: `bar` < 6.
+            let bar = bar as u32;
+            if pdev.resource_len(bar)? == 0 {
+                return Err(ENODEV);
+            }
+            pdev.iomap_bar(bar, c"vfio").inspect_err(|_| {
+                dev_dbg!(pdev, "Failed to map region {}\n", bar);
+            })
+        })
+    }
+
+    /// Reads or writes region `index << 40` of the device fd (`vfio_pci_rw()`).
+    fn rw(
+        &self,
+        pdev: &pci::Device<Bound>,
+        buf: UserPtr,
+        count: usize,
+        pos: &mut i64,
+        write: bool,
+    ) -> Result<usize> {
+        if count == 0 {
+            return Ok(0);
+        }
+        // CAST: The VFIO core only passes file positions it accepted, which are not negative.
+        let index = vfio_pci_priv::offset_to_index(*pos as u64);
+        match u32::try_from(index).map_err(|_| EINVAL)? {
+            uapi::VFIO_PCI_CONFIG_REGION_INDEX => self.config_rw(pdev, buf, count, pos, write),
+            uapi::VFIO_PCI_ROM_REGION_INDEX if write => Err(EINVAL),
+            uapi::VFIO_PCI_BAR0_REGION_INDEX..=uapi::VFIO_PCI_ROM_REGION_INDEX => {
+                self.bar_rw(pdev, buf, count, pos, write)
+            }
+            uapi::VFIO_PCI_VGA_REGION_INDEX => self.vga_rw(pdev, buf, count, pos, write),
+            _ => Err(EINVAL),
+        }
+    }
+
+    /// Describes region `info.index` (`vfio_pci_ioctl_get_region_info()`).
+    fn region_info(
+        &self,
+        pdev: &pci::Device<Bound>,
+        info: &mut uapi::vfio_region_info,
+        caps: &mut vfio::InfoCaps,
+    ) -> Result {
+        let read_write = uapi::VFIO_REGION_INFO_FLAG_READ | uapi::VFIO_REGION_INFO_FLAG_WRITE;
+        let index = info.index;
+        match index {
+            uapi::VFIO_PCI_CONFIG_REGION_INDEX => {
+                info.offset = vfio_pci_priv::index_to_offset(index);
+                info.size = pdev.cfg_size_bytes() as u64;
+                info.flags = read_write;
+            }
+            uapi::VFIO_PCI_BAR0_REGION_INDEX..=uapi::VFIO_PCI_BAR5_REGION_INDEX => {
+                info.offset = vfio_pci_priv::index_to_offset(index);
+                info.size = pdev.resource_len(index)?;
+                if info.size == 0 {
+                    info.flags = 0;
+                    return Ok(());
+                }
+                info.flags = read_write;
+                let open = self.open.lock();
+                if open.bar_mmap_supported[index as usize] {
+                    info.flags |= uapi::VFIO_REGION_INFO_FLAG_MMAP;
+                    if open.msix.is_some_and(|msix| msix.bar == index) {
+                        caps.add(&uapi::vfio_info_cap_header {
+                            id: uapi::VFIO_REGION_INFO_CAP_MSIX_MAPPABLE as u16,
+                            version: 1,
+                            next: 0,
+                        })?;
+                    }
+                }
+            }
+            uapi::VFIO_PCI_ROM_REGION_INDEX => {
+                info.offset = vfio_pci_priv::index_to_offset(index);
+                info.flags = 0;
+                info.size = 0;
+                if pdev.resource_start(index)? != 0 {
+                    // The ROM must hold a valid image; mapping it needs memory decode.
+                    let memory = self.memory_lock.write();
+                    let config = pdev.config_space();
+                    let cmd = config.read16(uapi::PCI_COMMAND as usize);
+                    let memory_bit = uapi::PCI_COMMAND_MEMORY as u16;
+                    if cmd & memory_bit == 0 {
+                        config.write16(cmd | memory_bit, uapi::PCI_COMMAND as usize);
+                    }
+                    if pdev.map_rom().is_some() {
+                        info.flags = uapi::VFIO_REGION_INFO_FLAG_READ;
+                        // Report the BAR size, not the ROM size.
+                        info.size = pdev.resource_len(index)?;
+                    }
+                    config.write16(cmd, uapi::PCI_COMMAND as usize);
+                    drop(memory);
+                } else if let Some((_, len)) = pdev.platform_rom() {
+                    info.flags = uapi::VFIO_REGION_INFO_FLAG_READ;
+                    // Report the BAR size as a power of two.
+                    info.size = (len as u64).checked_next_power_of_two().unwrap_or(0);
+                }
+            }
+            uapi::VFIO_PCI_VGA_REGION_INDEX => {
+                if !self.has_vga {
+                    return Err(EINVAL);
+                }
+                info.offset = vfio_pci_priv::index_to_offset(index);
+                info.size = 0xc0000;
+                info.flags = read_write;
+            }
+            // No device-specific regions (index >= VFIO_PCI_NUM_REGIONS) are registered.
+            _ => return Err(EINVAL),
+        }
+        Ok(())
+    }
+
+    /// Finds which BARs userspace may mmap (`vfio_pci_probe_mmaps()`): memory BARs of a page or
+    /// more, and smaller ones that start a page, whose rest of the page is then reserved.
+    fn probe_mmaps(pdev: &pci::Device<Bound>, open: &mut OpenState) {
+        for bar in 0..6u32 {
+            let i = bar as usize;
+            open.bar_mmap_supported[i] = false;
+            let (Ok(flags), Ok(len)) = (pdev.resource_flags(bar), pdev.resource_len(bar)) else {
+                continue;
+            };
+            if !flags.is_mem() || len == 0 {
+                continue;
+            }
+            if len >= kernel::page::PAGE_SIZE as u64 {
+                open.bar_mmap_supported[i] = true;
+                continue;
+            }
+            if let Ok(reservation) = pdev.reserve_bar_page_tail(bar) {
+                open.page_tail_reservations[i] = Some(reservation);
+                open.bar_mmap_supported[i] = true;
+            }
+        }
+    }
+
+    /// Handles `VFIO_DEVICE_GET_PCI_HOT_RESET_INFO`
+    /// (`vfio_pci_ioctl_get_pci_hot_reset_info()`): the functions a hot reset would reach, with
+    /// their IOMMU group, or with their iommufd device ID when the device was opened by cdev.
+    fn ioctl_get_pci_hot_reset_info(
+        vdev: &vfio::Device<Self, Bound>,
+        pdev: &pci::Device<Bound>,
+        arg: UserPtr,
+    ) -> Result<isize> {
+        type Info = uapi::vfio_pci_hot_reset_info;
+        type Dependent = uapi::vfio_pci_dependent_device;
+        let minsz = offset_of!(Info, count) + size_of::<u32>();
+        let mut hdr: Info = vfio::read_arg(arg, minsz)?;
+        let argsz = hdr.argsz as usize;
+        if argsz < minsz {
+            return Err(EINVAL);
+        }
+        hdr.flags = 0;
+
+        let scope = pdev.reset_scope().ok_or(ENODEV)?;
+        let mut count = 0usize;
+        pdev.for_each_in_reset_scope(scope, |_| {
+            count += 1;
+            Ok(())
+        })?;
+        if count == 0 {
+            return Err(ERANGE);
+        }
+        if count > argsz.saturating_sub(size_of::<Info>()) / size_of::<Dependent>() {
+            hdr.count = count.try_into()?;
+            vfio::write_arg(arg, &hdr, minsz)?;
+            return Err(ENOSPC);
+        }
+
+        let cdev = vdev.cdev_opened();
+        let mut flags = 0;
+        if cdev {
+            flags = uapi::VFIO_PCI_HOT_RESET_FLAG_DEV_ID | uapi::VFIO_PCI_HOT_RESET_FLAG_DEV_ID_OWNED;
+        }
+        let mut devices = KVec::<Dependent>::with_capacity(count, GFP_KERNEL)?;
+        {
+            let dev_set = vdev.lock_dev_set();
+            let members = dev_set.members()?;
+            let ctx = vdev.iommufd_ctx();
+            pdev.for_each_in_reset_scope(scope, |dep| {
+                // The topology changed since we counted.
+                if devices.len() >= count {
+                    return Err(EAGAIN);
+                }
+                let mut info = Dependent {
+                    segment: dep.domain_nr(),
+                    bus: dep.bus_number(),
+                    devfn: dep.devfn(),
+                    ..Default::default()
+                };
+                if cdev {
+                    // A hot reset needs every function it reaches in the set.
+                    let owner = members
+                        .iter()
+                        .find(|m| core::ptr::eq(&**m.device().parent(), dep.as_ref()))
+                        .zip(ctx)
+                        .map_or(vfio::IommufdOwner::NotOwned, |(m, ctx)| m.iommufd_owner(ctx));
+                    info.__bindgen_anon_1.devid = match owner {
+                        vfio::IommufdOwner::DevId(id) => id,
+                        vfio::IommufdOwner::GroupOwned => uapi::VFIO_PCI_DEVID_OWNED as u32,
+                        vfio::IommufdOwner::NotOwned => {
+                            flags &= !uapi::VFIO_PCI_HOT_RESET_FLAG_DEV_ID_OWNED;
+                            uapi::VFIO_PCI_DEVID_NOT_OWNED as u32
+                        }
+                    };
+                } else {
+                    // Functions without an IOMMU group are not isolated: no reset for them.
+                    let group = dep.iommu_group_id().ok_or(EPERM)?;
+                    info.__bindgen_anon_1.group_id = group as u32;
+                }
+                Ok(devices.push(info, GFP_KERNEL)?)
+            })?;
+        }
+
+        let mut writer = UserSlice::new(arg.wrapping_byte_add(size_of::<Info>()), devices.len() * size_of::<Dependent>()).writer();
+        for device in &devices {
+            writer.write(device)?;
+        }
+        hdr.count = devices.len().try_into()?;
+        hdr.flags = flags;
+        vfio::write_arg(arg, &hdr, minsz)?;
+        Ok(0)
+    }
+
+    /// Handles `VFIO_DEVICE_PCI_HOT_RESET` (`vfio_pci_ioctl_pci_hot_reset()`): with the group
+    /// fds of every function it reaches, or for a cdev-opened device with none, when one
+    /// iommufd context owns them all.
+    fn ioctl_pci_hot_reset(
+        vdev: &vfio::Device<Self, Bound>,
+        pdev: &pci::Device<Bound>,
+        arg: UserPtr,
+    ) -> Result<isize> {
+        type HotReset = uapi::vfio_pci_hot_reset;
+        let minsz = offset_of!(HotReset, count) + size_of::<u32>();
+        let hdr: HotReset = vfio::read_arg(arg, minsz)?;
+        if (hdr.argsz as usize) < minsz || hdr.flags != 0 {
+            return Err(EINVAL);
+        }
+        // A zero-length array is only for cdev-opened devices.
+        if (hdr.count != 0) == vdev.cdev_opened() {
+            return Err(EINVAL);
+        }
+        let scope = pdev.reset_scope().ok_or(ENODEV)?;
+
+        if hdr.count == 0 {
+            return Self::dev_set_hot_reset(vdev, None, vdev.iommufd_ctx());
+        }
+
+        // At most one group per function: don't copy an arbitrarily large array.
+        let mut count = 0usize;
+        pdev.for_each_in_reset_scope(scope, |_| {
+            count += 1;
+            Ok(())
+        })?;
+        let array_count = hdr.count as usize;
+        if array_count > count {
+            return Err(EINVAL);
+        }
+        let mut reader = UserSlice::new(
+            arg.wrapping_byte_add(size_of::<HotReset>()),
+            array_count * size_of::<i32>(),
+        )
+        .reader();
+        let mut fds = KVec::<i32>::with_capacity(array_count, GFP_KERNEL)?;
+        for _ in 0..array_count {
+            fds.push(reader.read::<i32>()?, GFP_KERNEL)?;
+        }
+        // Hold each group across the reset.
+        let mut groups = KVec::with_capacity(array_count, GFP_KERNEL)?;
+        for fd in fds {
+            groups.push(vfio::GroupFile::from_fd(fd)?, GFP_KERNEL)?;
+        }
+        Self::dev_set_hot_reset(vdev, Some(&groups), None)
+    }
+
+    /// Resets the slot or bus of the device set if the caller owns every function in it
+    /// (`vfio_pci_dev_set_hot_reset()`).
+    fn dev_set_hot_reset(
+        vdev: &vfio::Device<Self, Bound>,
+        groups: Option<&[vfio::GroupFile]>,
+        ctx: Option<vfio::IommufdCtx>,
+    ) -> Result<isize> {
+        let dev_set = vdev.lock_dev_set();
+        let members = dev_set.members()?;
+        let pdev = dev_set_resettable(&dev_set, &members).ok_or(EINVAL)?;
+
+        let mut locked = KVec::with_capacity(members.len(), GFP_KERNEL)?;
+        for member in &members {
+            // With groups, each function must be in one of them; from a cdev, each must be
+            // bound to the caller's iommufd, or have its group owned by it.
+            let owned = match (ctx, groups) {
+                (Some(ctx), _) => member.iommufd_owner(ctx) != vfio::IommufdOwner::NotOwned,
+                (None, Some(groups)) => member.in_groups(groups),
+                (None, None) => false,
+            };
+            if !owned {
+                return Err(EINVAL);
+            }
+            // Keep users off each function during the reset. Locking several is prone to
+            // deadlock: give up on contention.
+            let memory = member.data().get_ref().memory_lock.try_write().ok_or(EBUSY)?;
+            locked.push((member_pdev(member)?, memory, member), GFP_KERNEL)?;
+        }
+
+        // A function outside D0 would be put in D0 by the reset behind our back, losing the
+        // state a NoSoftRst- function keeps in `pm_save`.
+        for (member_pdev, memory, _) in locked.iter_mut() {
+            let _ = Self::set_power_state(member_pdev, memory, pci::PowerState::D0);
+        }
+        let ret = pdev.reset_bus();
+        // Closed functions go back to sleep.
+        for (member_pdev, memory, member) in locked.iter_mut() {
+            if member.open_count() == 0 && !member.data().disable_idle_d3 {
+                let _ = Self::set_power_state(member_pdev, memory, pci::PowerState::D3Hot);
+            }
+        }
+        ret.map(|()| 0)
+    }
+
+    /// Handles `VFIO_DEVICE_RESET` (`vfio_pci_ioctl_reset()`).
+    fn ioctl_reset(&self, pdev: &pci::Device<Bound>) -> Result<isize> {
+        if !self.open.lock().reset_works {
+            return Err(EINVAL);
+        }
+        let mut memory = self.memory_lock.write();
+        // A reset from D3hot would skip the state a NoSoftRst- function keeps in `pm_save`.
+        let _ = Self::set_power_state(pdev, &mut memory, pci::PowerState::D0);
+        pdev.try_reset_function()?;
+        Ok(0)
     }
 }
 
@@ -266,15 +828,23 @@ impl vfio::Driver for VfioPciCore {
     /// `vfio_pci_core_enable()`.
     fn open_device(vdev: &vfio::Device<Self, Bound>, this: Pin<&Self>) -> Result {
         let pdev = Self::pdev(vdev)?;
+        let mut open = this.open.lock();
+
+        // Out of the idle D3hot of `close_device`.
+        let _ = Self::set_power_state(pdev, &mut this.memory_lock.write(), pci::PowerState::D0);
 
         // Don't allow our initial saved state to include busmaster.
         pdev.clear_master();
-        pdev.enable_device()?;
+        if let Err(e) = pdev.enable_device() {
+            this.idle(pdev);
+            return Err(e);
+        }
 
         // If reset fails because of the device lock, fail this path entirely.
         let reset = pdev.try_reset_function();
         if reset == Err(EAGAIN) {
             pdev.disable_device();
+            this.idle(pdev);
             return Err(EAGAIN);
         }
 
@@ -284,25 +854,69 @@ impl vfio::Driver for VfioPciCore {
             dev_dbg!(pdev, "open_device: Couldn't store saved state\n");
         }
 
-        *this.open.lock() = OpenState {
+        let intx = if this.nointxmask {
+            IntxMasking::Unused
+        } else if intx_masking_broken(pdev) {
+            dev_info!(pdev, "Masking broken INTx support\n");
+            pdev.intx(false);
+            IntxMasking::Broken
+        } else if pdev.intx_mask_supported() {
+            IntxMasking::Supported
+        } else {
+            IntxMasking::Unused
+        };
+
+        let config = pdev.config_space();
+        let cmd = config.read16(uapi::PCI_COMMAND as usize);
+        let intx_disable = uapi::PCI_COMMAND_INTX_DISABLE as u16;
+        if intx == IntxMasking::Supported && cmd & intx_disable != 0 {
+            config.write16(cmd & !intx_disable, uapi::PCI_COMMAND as usize);
+        }
+
+        if let Err(e) = this.config_init(pdev, intx) {
+            let _ = pdev.load_saved_state(saved_state);
+            pdev.disable_device();
+            this.idle(pdev);
+            return Err(e);
+        }
+
+        this.memory_lock.write().bars = Self::map_bars(pdev);
+
+        *open = OpenState {
             reset_works: reset.is_ok(),
             saved_state,
+            msix: msix_location(pdev),
+            ..OpenState::default()
         };
+        Self::probe_mmaps(pdev, &mut open);
         Ok(())
     }
 
     /// `vfio_pci_core_disable()`.
-    fn close_device(vdev: &vfio::Device<Self, Bound>, this: Pin<&Self>) {
+    fn close_device(
+        vdev: &vfio::Device<Self, Bound>,
+        this: Pin<&Self>,
+        dev_set: &vfio::DeviceSetGuard<'_, Self>,
+    ) {
         let Ok(pdev) = Self::pdev(vdev) else {
             return;
         };
         let mut open = this.open.lock();
 
-        // A function reset, e.g. a PM reset, fails outside D0.
-        let _ = pdev.set_power_state(pci::PowerState::D0);
+        // A function reset, e.g. a PM reset, fails outside D0; and a NoSoftRst- function gets
+        // back the state it kept in `pm_save`.
+        {
+            let mut memory = this.memory_lock.write();
+            let _ = Self::set_power_state(pdev, &mut memory, pci::PowerState::D0);
+            memory.pm_save = None;
+        }
 
         // Stop the device from further DMA.
         pdev.clear_master();
+
+        this.config_free();
+        this.memory_lock.write().bars = core::array::from_fn(|_| Err(ENODEV));
+        this.needs_reset.store(true, Ordering::Relaxed);
 
         // Restore the state saved at open, and reset if we can: resetting with the current
         // state beats nothing, but saving and restoring it without a reset is busy work.
@@ -321,14 +935,16 @@ impl vfio::Driver for VfioPciCore {
                 uapi::PCI_COMMAND_INTX_DISABLE as u16,
                 uapi::PCI_COMMAND as usize,
             );
-            if open.reset_works {
-                reset_at_close(pdev);
+            if open.reset_works && reset_at_close(pdev) {
+                this.needs_reset.store(false, Ordering::Relaxed);
             }
             pdev.restore_state();
         }
 
         pdev.disable_device();
         *open = OpenState::default();
+        dev_set_try_reset(dev_set);
+        this.idle(pdev);
     }
 
     /// `vfio_pci_core_ioctl()`.
@@ -341,8 +957,46 @@ impl vfio::Driver for VfioPciCore {
         let pdev = Self::pdev(vdev)?;
         match cmd {
             vfio::DEVICE_GET_INFO => this.ioctl_get_info(pdev, arg),
+            vfio::DEVICE_RESET => this.ioctl_reset(pdev),
+            vfio::DEVICE_GET_PCI_HOT_RESET_INFO => Self::ioctl_get_pci_hot_reset_info(vdev, pdev, arg),
+            vfio::DEVICE_PCI_HOT_RESET => Self::ioctl_pci_hot_reset(vdev, pdev, arg),
             _ => Err(ENOTTY),
         }
+    }
+
+    /// `vfio_pci_core_read()`.
+    fn read(
+        vdev: &vfio::Device<Self, Bound>,
+        this: Pin<&Self>,
+        buf: UserPtr,
+        count: usize,
+        pos: &mut i64,
+    ) -> Result<usize> {
+        let pdev = Self::pdev(vdev)?;
+        this.rw(pdev, buf, count, pos, false)
+    }
+
+    /// `vfio_pci_core_write()`.
+    fn write(
+        vdev: &vfio::Device<Self, Bound>,
+        this: Pin<&Self>,
+        buf: UserPtr,
+        count: usize,
+        pos: &mut i64,
+    ) -> Result<usize> {
+        let pdev = Self::pdev(vdev)?;
+        this.rw(pdev, buf, count, pos, true)
+    }
+
+    /// `vfio_pci_ioctl_get_region_info()`.
+    fn get_region_info(
+        vdev: &vfio::Device<Self, Bound>,
+        this: Pin<&Self>,
+        info: &mut uapi::vfio_region_info,
+        caps: &mut vfio::InfoCaps,
+    ) -> Result {
+        let pdev = Self::pdev(vdev)?;
+        this.region_info(pdev, info, caps)
     }
 }
 

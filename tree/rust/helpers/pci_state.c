@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0
 
 #include <linux/pci.h>
+#include <linux/vgaarb.h>
 
 __rust_helper bool rust_helper_pci_is_root_bus(struct pci_bus *pbus)
 {
@@ -23,3 +24,19 @@ __rust_helper int rust_helper_pci_num_vf(struct pci_dev *dev)
 	return pci_num_vf(dev);
 }
 #endif
+
+__rust_helper bool rust_helper_pci_intx_mask_supported(struct pci_dev *pdev)
+{
+	return pci_intx_mask_supported(pdev);
+}
+
+__rust_helper int rust_helper_vga_get_interruptible(struct pci_dev *pdev,
+						    unsigned int rsrc)
+{
+	return vga_get_interruptible(pdev, rsrc);
+}
+
+__rust_helper int rust_helper_pci_domain_nr(struct pci_bus *bus)
+{
+	return pci_domain_nr(bus);
+}

@@ -19,7 +19,7 @@
 use crate::{
     bindings, device, devres,
     error::{from_err_ptr, from_result, to_result},
-    ffi::{c_int, c_long, c_uint, c_ulong, c_void},
+    ffi::{c_char, c_int, c_long, c_uint, c_ulong, c_void},
     ioctl::_IO,
     pci,
     prelude::*,
@@ -67,8 +67,13 @@ pub trait Driver: Sized + Send + Sync + 'static {
     /// The first user opened the device (`open_device`); called under the device set lock.
     fn open_device(device: &Device<Self, device::Bound>, data: Pin<&Self::Data>) -> Result;
 
-    /// The last user closed the device (`close_device`); called under the device set lock.
-    fn close_device(device: &Device<Self, device::Bound>, data: Pin<&Self::Data>);
+    /// The last user closed the device (`close_device`); called under the device set lock,
+    /// which `dev_set` stands for.
+    fn close_device(
+        device: &Device<Self, device::Bound>,
+        data: Pin<&Self::Data>,
+        dev_set: &DeviceSetGuard<'_, Self>,
+    );
 
     /// An ioctl on the device file that the VFIO core does not handle itself.
     fn ioctl(
@@ -77,6 +82,40 @@ pub trait Driver: Sized + Send + Sync + 'static {
         cmd: u32,
         arg: UserPtr,
     ) -> Result<isize>;
+
+    /// `read(2)` of `count` bytes into `buf` at `*pos`; advances `*pos` by the bytes read.
+    fn read(
+        _device: &Device<Self, device::Bound>,
+        _data: Pin<&Self::Data>,
+        _buf: UserPtr,
+        _count: usize,
+        _pos: &mut i64,
+    ) -> Result<usize> {
+        Err(EINVAL)
+    }
+
+    /// `write(2)` of `count` bytes from `buf` at `*pos`; advances `*pos` by the bytes written.
+    fn write(
+        _device: &Device<Self, device::Bound>,
+        _data: Pin<&Self::Data>,
+        _buf: UserPtr,
+        _count: usize,
+        _pos: &mut i64,
+    ) -> Result<usize> {
+        Err(EINVAL)
+    }
+
+    /// Fills `info` for `VFIO_DEVICE_GET_REGION_INFO`, whose `argsz` and `index` the VFIO core
+    /// copied from userspace, and adds the region's capabilities to `caps`. The core copies the
+    /// answer back.
+    fn get_region_info(
+        _device: &Device<Self, device::Bound>,
+        _data: Pin<&Self::Data>,
+        _info: &mut uapi::vfio_region_info,
+        _caps: &mut InfoCaps,
+    ) -> Result {
+        Err(EINVAL)
+    }
 }
 
 /// A VFIO device: a [`struct vfio_device`] allocated by the VFIO core.
@@ -141,6 +180,20 @@ impl<T: Driver, Ctx: device::DeviceContext> Device<T, Ctx> {
     fn as_raw(&self) -> *mut bindings::vfio_device {
         self.vdev.get()
     }
+
+    /// Sets the `data` pointer under the device set lock, so that [`DeviceSetGuard`] walks see
+    /// either null or live data.
+    fn set_data(&self, data: *const T::Data) {
+        // SAFETY: The device set was assigned before any data is set and outlives the device.
+        let set = unsafe { (*self.as_raw()).dev_set };
+        // SAFETY: `set` is valid.
+        unsafe { bindings::mutex_lock(&raw mut (*set).lock) };
+        // SAFETY: Only `Registration` calls this, while no callback can read `data`; walks
+        // read it under the lock we hold.
+        unsafe { *self.data.get() = data };
+        // SAFETY: Locked above.
+        unsafe { bindings::mutex_unlock(&raw mut (*set).lock) };
+    }
 }
 
 impl<T: Driver> Device<T, device::Bound> {
@@ -167,6 +220,34 @@ impl<T: Driver> Device<T, device::Bound> {
         // `Registration`.
         let data = unsafe { Pin::new_unchecked(&**self.data.get()) };
         f(data)
+    }
+
+    /// Whether the device was opened through its cdev, not a group (`vfio_device_cdev_opened()`).
+    pub fn cdev_opened(&self) -> bool {
+        // SAFETY: `self` is a live `vfio_device`; the flag is set before the open completes.
+        unsafe { (*self.as_raw()).cdev_opened() != 0 }
+    }
+
+    /// The iommufd context the device is bound to through its cdev, if any
+    /// (`vfio_iommufd_device_ictx()`).
+    pub fn iommufd_ctx(&self) -> Option<IommufdCtx> {
+        // SAFETY: `self` is a live, registered `vfio_device`.
+        let ctx = unsafe { bindings::vfio_iommufd_device_ictx(self.as_raw()) };
+        NonNull::new(ctx).map(IommufdCtx)
+    }
+
+    /// Takes the lock of the device's set (`dev_set->lock`), outside `open_device` and
+    /// `close_device`, which already run under it.
+    pub fn lock_dev_set(&self) -> DeviceSetGuard<'_, T> {
+        // SAFETY: `dev_set` of a registered device is valid while the device lives.
+        let set = unsafe { (*self.as_raw()).dev_set };
+        // SAFETY: `set` is valid; the guard unlocks it on drop.
+        unsafe { bindings::mutex_lock(&raw mut (*set).lock) };
+        DeviceSetGuard {
+            set,
+            owned: true,
+            _p: PhantomData,
+        }
     }
 
     /// Returns the parent device, bound to the driver.
@@ -277,14 +358,13 @@ impl<T: Driver> Registration<T> {
             data <- data,
         })
         .pin_chain(|this| {
-            // SAFETY: Not registered yet, so no callback reads `data` concurrently.
-            unsafe { *this.dev.data.get() = &raw const this.data };
+            this.dev.set_data(&raw const this.data);
             // SAFETY: `dev` is valid and not registered; its `data` points to pinned data
             // that lives until `PinnedDrop::drop` unregisters the device.
             let ret = unsafe { bindings::vfio_register_group_dev(this.dev.as_raw()) };
             if ret != 0 {
-                // SAFETY: Registration failed, so no callback can run.
-                unsafe { *this.dev.data.get() = core::ptr::null() };
+                // Registration failed, so no callback can run.
+                this.dev.set_data(core::ptr::null());
             }
             to_result(ret)
         });
@@ -304,8 +384,181 @@ impl<T: Driver> PinnedDrop for Registration<T> {
         // SAFETY: By the type invariant `dev` is registered. Unregistering waits until every
         // user has closed the device; afterwards no callback runs.
         unsafe { bindings::vfio_unregister_group_dev(self.dev.as_raw()) };
-        // SAFETY: No callback can run any more.
-        unsafe { *self.dev.data.get() = core::ptr::null() };
+        // No callback runs any more; after this, walks of the device set skip the device, so
+        // `data` can be dropped.
+        self.dev.set_data(core::ptr::null());
+    }
+}
+
+/// An iommufd context (`struct iommufd_ctx`), compared by identity.
+#[derive(Copy, Clone, Debug, Eq, PartialEq)]
+pub struct IommufdCtx(NonNull<bindings::iommufd_ctx>);
+
+/// How a device's ownership by an iommufd context stands (`vfio_iommufd_get_dev_id()`).
+#[derive(Copy, Clone, Debug, Eq, PartialEq)]
+pub enum IommufdOwner {
+    /// Bound to the context with this device ID.
+    DevId(u32),
+    /// Not bound, but its IOMMU group is owned by the context (`-ENOENT`).
+    GroupOwned,
+    /// Neither.
+    NotOwned,
+}
+
+/// The locked device set (`struct vfio_device_set`) of a device: the devices that a slot or
+/// bus reset reaches together.
+///
+/// # Invariants
+///
+/// `set` is valid and its `lock` is held for `'a`: by this guard if `owned` (and released on
+/// drop), else by the VFIO core around the callback that received the guard.
+pub struct DeviceSetGuard<'a, T: Driver> {
+    set: *mut bindings::vfio_device_set,
+    owned: bool,
+    _p: PhantomData<(&'a (), T)>,
+}
+
+/// A registered device of the set, with its driver data.
+pub struct DeviceSetMember<'a, T: Driver> {
+    dev: &'a Device<T, device::Bound>,
+    data: Pin<&'a T::Data>,
+}
+
+impl<'a, T: Driver> DeviceSetMember<'a, T> {
+    /// The device.
+    pub fn device(&self) -> &'a Device<T, device::Bound> {
+        self.dev
+    }
+
+    /// The device's driver data.
+    pub fn data(&self) -> Pin<&'a T::Data> {
+        self.data
+    }
+
+    /// How many files have the device open (`open_count`).
+    pub fn open_count(&self) -> u32 {
+        // SAFETY: `open_count` is written under the device set lock, which we hold.
+        unsafe { (*self.dev.as_raw()).open_count }
+    }
+
+    /// Whether and how `ctx` owns the device (`vfio_iommufd_get_dev_id()`).
+    pub fn iommufd_owner(&self, ctx: IommufdCtx) -> IommufdOwner {
+        // SAFETY: The device is registered and `ctx` a live context of the caller's device.
+        let id = unsafe { bindings::vfio_iommufd_get_dev_id(self.dev.as_raw(), ctx.0.as_ptr()) };
+        match u32::try_from(id) {
+            Ok(id) if id > 0 => IommufdOwner::DevId(id),
+            _ if id == ENOENT.to_errno() => IommufdOwner::GroupOwned,
+            _ => IommufdOwner::NotOwned,
+        }
+    }
+
+    /// Whether one of `groups` holds the device (`vfio_file_has_dev()`).
+    pub fn in_groups(&self, groups: &[GroupFile]) -> bool {
+        groups.iter().any(|group| {
+            // SAFETY: `group.0` is a live VFIO group file and the device is registered.
+            unsafe { bindings::vfio_file_has_dev(group.0.as_ptr(), self.dev.as_raw()) }
+        })
+    }
+}
+
+impl<'a, T: Driver> DeviceSetGuard<'a, T> {
+    /// Stands for the lock the VFIO core holds around a callback.
+    ///
+    /// # Safety
+    ///
+    /// `set` must be valid and locked by the caller's caller for `'a`.
+    unsafe fn held(set: *mut bindings::vfio_device_set) -> Self {
+        Self {
+            set,
+            owned: false,
+            _p: PhantomData,
+        }
+    }
+
+    /// The number of open devices in the set (`vfio_device_set_open_count()`).
+    pub fn open_count(&self) -> u32 {
+        // SAFETY: By the type invariant `set` is valid and locked.
+        unsafe { bindings::vfio_device_set_open_count(self.set) }
+    }
+
+    /// Whether the bus device `dev` is represented in the set (`vfio_find_device_in_devset()`).
+    pub fn contains(&self, dev: &device::Device) -> bool {
+        // SAFETY: By the type invariant `set` is valid and locked; `dev` is valid.
+        !unsafe { bindings::vfio_find_device_in_devset(self.set, dev.as_raw()) }.is_null()
+    }
+
+    /// The number of devices in the set, of any driver and registered or not.
+    pub fn len(&self) -> u32 {
+        // SAFETY: By the type invariant `set` is valid and locked.
+        unsafe { (*self.set).device_count }
+    }
+
+    /// Whether the set is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The registered devices of this driver in the set, in the set's order.
+    ///
+    /// Devices of other drivers and unregistered ones are skipped: their data is not ours or
+    /// not alive. With the C core's keys unreachable (see [`DeviceSetKey`]), there are none
+    /// of the former.
+    pub fn members(&self) -> Result<KVec<DeviceSetMember<'_, T>>> {
+        let mut all = KVec::new();
+        // SAFETY: By the type invariant `set` is valid and locked, so the list is stable.
+        let head = unsafe { &raw mut (*self.set).device_list };
+        // SAFETY: `head` is a valid list head.
+        let mut pos = unsafe { (*head).next };
+        while pos != head {
+            // SAFETY: Entries of `device_list` are the `dev_set_list` of `vfio_device`s.
+            let vdev = unsafe { crate::container_of!(pos, bindings::vfio_device, dev_set_list) };
+            // SAFETY: `vdev` is in the set, so valid while the lock is held.
+            let ours = unsafe { core::ptr::eq((*vdev).ops, &VTable::<T>::VTABLE) };
+            if ours {
+                // SAFETY: Our ops, so `vdev` is at offset 0 of a `Device<T>`. Its `data` is
+                // written under the lock we hold: non-null means registered, so the parent is
+                // bound and the data lives while we hold the lock.
+                let member = unsafe {
+                    let dev = &*vdev.cast::<Device<T, device::Bound>>();
+                    let data = *dev.data.get();
+                    (!data.is_null()).then(|| DeviceSetMember {
+                        dev,
+                        data: Pin::new_unchecked(&*data),
+                    })
+                };
+                if let Some(member) = member {
+                    all.push(member, GFP_KERNEL)?;
+                }
+            }
+            // SAFETY: `pos` is a valid entry of the locked list.
+            pos = unsafe { (*pos).next };
+        }
+        Ok(all)
+    }
+}
+
+impl<T: Driver> Drop for DeviceSetGuard<'_, T> {
+    fn drop(&mut self) {
+        if self.owned {
+            // SAFETY: By the type invariant we hold the lock.
+            unsafe { bindings::mutex_unlock(&raw mut (*self.set).lock) };
+        }
+    }
+}
+
+/// A VFIO group file (`/dev/vfio/N`), held while a hot reset checks ownership against it.
+pub struct GroupFile(ARef<crate::fs::file::LocalFile>);
+
+impl GroupFile {
+    /// Gets the file of `fd`: `EBADF` if there is none, `EINVAL` if it is not a VFIO group.
+    pub fn from_fd(fd: i32) -> Result<Self> {
+        let fd = u32::try_from(fd).map_err(|_| EBADF)?;
+        let file = crate::fs::file::LocalFile::fget(fd)?;
+        // SAFETY: `file` is a live file we hold a reference on.
+        if !unsafe { bindings::vfio_file_is_group(file.as_ptr()) } {
+            return Err(EINVAL);
+        }
+        Ok(Self(file))
     }
 }
 
@@ -327,6 +580,10 @@ pub unsafe trait InfoCap: AsBytes {}
 
 // SAFETY: The struct starts with `struct vfio_info_cap_header header`.
 unsafe impl InfoCap for uapi::vfio_device_info_cap_pci_atomic_comp {}
+// SAFETY: The struct starts with `struct vfio_info_cap_header header`.
+unsafe impl InfoCap for uapi::vfio_region_info_cap_type {}
+// SAFETY: A capability with no payload is its header alone.
+unsafe impl InfoCap for uapi::vfio_info_cap_header {}
 
 impl InfoCaps {
     /// An empty chain.
@@ -431,6 +688,12 @@ macro_rules! impl_ioctl_arg {
 impl_ioctl_arg!(
     uapi::vfio_device_info,
     uapi::vfio_device_info_cap_pci_atomic_comp,
+    uapi::vfio_region_info,
+    uapi::vfio_region_info_cap_type,
+    uapi::vfio_info_cap_header,
+    uapi::vfio_pci_hot_reset_info,
+    uapi::vfio_pci_dependent_device,
+    uapi::vfio_pci_hot_reset,
 );
 
 /// The VFIO device operations built from a [`Driver`].
@@ -442,6 +705,9 @@ impl<T: Driver> VTable<T> {
         open_device: Some(Self::open_device),
         close_device: Some(Self::close_device),
         ioctl: Some(Self::ioctl),
+        read: Some(Self::read),
+        write: Some(Self::write),
+        get_region_info_caps: Some(Self::get_region_info_caps),
         bind_iommufd: Some(bindings::vfio_iommufd_physical_bind),
         unbind_iommufd: Some(bindings::vfio_iommufd_physical_unbind),
         attach_ioas: Some(bindings::vfio_iommufd_physical_attach_ioas),
@@ -470,8 +736,10 @@ impl<T: Driver> VTable<T> {
     unsafe extern "C" fn close_device(vdev: *mut bindings::vfio_device) {
         // SAFETY: By the safety requirements, `vdev` belongs to a live, registered `Device<T>`.
         let dev = unsafe { Device::<T, device::Bound>::from_raw(vdev) };
+        // SAFETY: The VFIO core calls `close_device` with the device set lock held.
+        let dev_set = unsafe { DeviceSetGuard::<T>::held((*vdev).dev_set) };
         // SAFETY: We are in a callback of a registered device.
-        unsafe { dev.with_data(|data| T::close_device(dev, data)) }
+        unsafe { dev.with_data(|data| T::close_device(dev, data, &dev_set)) }
     }
 
     /// # Safety
@@ -488,6 +756,78 @@ impl<T: Driver> VTable<T> {
         from_result(|| {
             // SAFETY: We are in a callback of a registered device.
             unsafe { dev.with_data(|data| T::ioctl(dev, data, cmd, arg)) }
+        })
+    }
+
+    /// # Safety
+    ///
+    /// Called by the VFIO core with a registered `vfio_device` of a [`Device<T>`] and a valid
+    /// file position.
+    unsafe extern "C" fn read(
+        vdev: *mut bindings::vfio_device,
+        buf: *mut c_char,
+        count: usize,
+        ppos: *mut bindings::loff_t,
+    ) -> isize {
+        // SAFETY: By the safety requirements, `vdev` belongs to a live, registered `Device<T>`
+        // and `ppos` is valid for the duration of the call.
+        let (dev, pos) = unsafe { (Device::<T, device::Bound>::from_raw(vdev), &mut *ppos) };
+        let buf = UserPtr::from_ptr(buf.cast());
+        from_result(|| {
+            // SAFETY: We are in a callback of a registered device.
+            let done = unsafe { dev.with_data(|data| T::read(dev, data, buf, count, pos)) }?;
+            Ok(done.try_into()?)
+        })
+    }
+
+    /// # Safety
+    ///
+    /// Called by the VFIO core with a registered `vfio_device` of a [`Device<T>`] and a valid
+    /// file position.
+    unsafe extern "C" fn write(
+        vdev: *mut bindings::vfio_device,
+        buf: *const c_char,
+        count: usize,
+        ppos: *mut bindings::loff_t,
+    ) -> isize {
+        // SAFETY: By the safety requirements, `vdev` belongs to a live, registered `Device<T>`
+        // and `ppos` is valid for the duration of the call.
+        let (dev, pos) = unsafe { (Device::<T, device::Bound>::from_raw(vdev), &mut *ppos) };
+        let buf = UserPtr::from_ptr(buf.cast_mut().cast());
+        from_result(|| {
+            // SAFETY: We are in a callback of a registered device.
+            let done = unsafe { dev.with_data(|data| T::write(dev, data, buf, count, pos)) }?;
+            Ok(done.try_into()?)
+        })
+    }
+
+    /// # Safety
+    ///
+    /// Called by the VFIO core with a registered `vfio_device` of a [`Device<T>`], and with
+    /// `info` and an empty `caps` that it owns for the duration of the call.
+    unsafe extern "C" fn get_region_info_caps(
+        vdev: *mut bindings::vfio_device,
+        info: *mut bindings::vfio_region_info,
+        caps: *mut bindings::vfio_info_cap,
+    ) -> c_int {
+        // SAFETY: By the safety requirements, `vdev` belongs to a live, registered `Device<T>`;
+        // `info` is valid and exclusively ours for the call. The kernel's and the uAPI's
+        // `struct vfio_region_info` are the same C type.
+        let (dev, info) = unsafe {
+            (
+                Device::<T, device::Bound>::from_raw(vdev),
+                &mut *info.cast::<uapi::vfio_region_info>(),
+            )
+        };
+        // The capabilities are built in a chain of our own and handed over to the core's on
+        // success, which frees it.
+        let mut chain = InfoCaps::new();
+        from_result(|| {
+            // SAFETY: We are in a callback of a registered device.
+            unsafe { dev.with_data(|data| T::get_region_info(dev, data, info, &mut chain)) }?;
+            // SAFETY: The VFIO core passes an empty chain that it frees after the call.
+            unsafe { core::mem::swap(&mut *caps, &mut chain.caps) };
+            Ok(0)
         })
     }
 }

@@ -8,7 +8,12 @@
 //! C header: [`include/linux/pci.h`](srctree/include/linux/pci.h)
 
 use super::Device;
-use crate::{bindings, device, error::to_result, prelude::*};
+use crate::{
+    bindings, device,
+    error::to_result,
+    ffi::{c_int, c_void},
+    prelude::*,
+};
 use core::ptr::NonNull;
 
 /// A PCI power state (`pci_power_t`).
@@ -24,6 +29,24 @@ pub enum PowerState {
     D2 = 2,
     /// Software-visible off state.
     D3Hot = 3,
+    /// Power removed.
+    D3Cold = 4,
+    /// Not known to the PCI core, e.g. before a driver first sets it.
+    Unknown = 5,
+}
+
+impl PowerState {
+    /// Converts a `pci_power_t`; values out of range are [`PowerState::Unknown`].
+    pub(crate) fn from_raw(state: i32) -> Self {
+        match state {
+            0 => Self::D0,
+            1 => Self::D1,
+            2 => Self::D2,
+            3 => Self::D3Hot,
+            4 => Self::D3Cold,
+            _ => Self::Unknown,
+        }
+    }
 }
 
 /// A function's config state stored by `pci_store_saved_state()`.
@@ -228,5 +251,144 @@ impl Device<device::Bound> {
         // SAFETY: `self.as_raw()` is a valid `pci_dev` bound to the caller's driver; `ptr` is
         // null or an owned saved state, which the call frees.
         to_result(unsafe { bindings::pci_load_and_free_saved_state(self.as_raw(), &mut ptr) })
+    }
+}
+
+/// What a slot or bus reset of a function resets (`pci_probe_reset_slot()`,
+/// `pci_probe_reset_bus()`).
+#[derive(Copy, Clone, Debug, Eq, PartialEq)]
+pub enum ResetScope {
+    /// The function's slot can be reset: the functions below the slot.
+    Slot,
+    /// The function's bus can be reset: every function below the bus.
+    Bus,
+}
+
+impl Device {
+    /// The reset that reaches beyond the function, if any: its slot's, else its bus's.
+    pub fn reset_scope(&self) -> Option<ResetScope> {
+        // SAFETY: `self.as_raw()` is a valid `pci_dev`; `slot` is null or valid, and
+        // `pci_probe_reset_slot()` accepts both; it only probes.
+        if unsafe { bindings::pci_probe_reset_slot((*self.as_raw()).slot) } == 0 {
+            return Some(ResetScope::Slot);
+        }
+        // SAFETY: `bus` of a valid `pci_dev` is valid; the call only probes.
+        if unsafe { bindings::pci_probe_reset_bus((*self.as_raw()).bus) } == 0 {
+            return Some(ResetScope::Bus);
+        }
+        None
+    }
+
+    /// Calls `f` for every function that a reset of `scope` of this function reaches,
+    /// stopping at the first error (`pci_walk_bus()`, filtered to the slot for a slot reset).
+    ///
+    /// `f` runs with the PCI bus semaphore held for reading: it must not add or remove devices.
+    pub fn for_each_in_reset_scope(
+        &self,
+        scope: ResetScope,
+        mut f: impl FnMut(&Device) -> Result,
+    ) -> Result {
+        struct Walk<'a> {
+            f: &'a mut dyn FnMut(&Device) -> Result,
+            slot: Option<*mut bindings::pci_slot>,
+            ret: Result,
+        }
+
+        /// # Safety
+        ///
+        /// `pdev` is a valid `pci_dev` and `data` the `Walk` passed to `pci_walk_bus()`.
+        unsafe extern "C" fn visit(pdev: *mut bindings::pci_dev, data: *mut c_void) -> c_int {
+            // SAFETY: By the safety requirements `data` is the `Walk` on the caller's stack.
+            let walk = unsafe { &mut *data.cast::<Walk<'_>>() };
+            // SAFETY: `pdev` is valid during the walk, which holds the bus semaphore.
+            let below = walk
+                .slot
+                .is_none_or(|slot| unsafe { dev_below_slot(pdev, slot) });
+            if below {
+                // SAFETY: `pdev` is a valid `pci_dev` for the duration of the callback, and
+                // `Device` is a transparent wrapper of it.
+                walk.ret = (walk.f)(unsafe { &*pdev.cast::<Device>() });
+            }
+            c_int::from(walk.ret.is_err())
+        }
+
+        // SAFETY: `self.as_raw()` is a valid `pci_dev`.
+        let slot = (scope == ResetScope::Slot).then(|| unsafe { (*self.as_raw()).slot });
+        let mut walk = Walk {
+            f: &mut f,
+            slot,
+            ret: Ok(()),
+        };
+        // SAFETY: `bus` of a valid `pci_dev` is valid; `visit` matches the callback type and
+        // `walk` outlives the call.
+        unsafe {
+            bindings::pci_walk_bus(
+                (*self.as_raw()).bus,
+                Some(visit),
+                (&raw mut walk).cast(),
+            )
+        };
+        walk.ret
+    }
+
+    /// The PCI domain (segment) of the function's bus (`pci_domain_nr()`).
+    pub fn domain_nr(&self) -> u16 {
+        // SAFETY: `bus` of a valid `pci_dev` is valid.
+        let nr = unsafe { bindings::pci_domain_nr((*self.as_raw()).bus) };
+        // CAST: PCI segments are 16 bits, as `struct vfio_pci_dependent_device` stores them.
+        nr as u16
+    }
+
+    /// The number of the function's bus.
+    pub fn bus_number(&self) -> u8 {
+        // SAFETY: `bus` of a valid `pci_dev` is valid.
+        unsafe { (*(*self.as_raw()).bus).number }
+    }
+
+    /// The device and function number (`devfn`).
+    pub fn devfn(&self) -> u8 {
+        // SAFETY: `self.as_raw()` is a valid `pci_dev`.
+        unsafe { (*self.as_raw()).devfn as u8 }
+    }
+
+    /// The ID of the function's IOMMU group, or `None` if it has none (is not isolated).
+    pub fn iommu_group_id(&self) -> Option<i32> {
+        // SAFETY: `self.as_raw()` is a valid `pci_dev` with an embedded `struct device`.
+        let group = unsafe { bindings::iommu_group_get(&raw mut (*self.as_raw()).dev) };
+        if group.is_null() {
+            return None;
+        }
+        // SAFETY: `group` is a reference we own until `iommu_group_put()`.
+        let id = unsafe { bindings::iommu_group_id(group) };
+        // SAFETY: Drops the reference `iommu_group_get()` took.
+        unsafe { bindings::iommu_group_put(group) };
+        Some(id)
+    }
+}
+
+/// Whether `pdev` sits below `slot` (`vfio_pci_dev_below_slot()`).
+///
+/// # Safety
+///
+/// `pdev` and `slot` must be valid, and the bus topology stable (bus semaphore held).
+unsafe fn dev_below_slot(mut pdev: *mut bindings::pci_dev, slot: *mut bindings::pci_slot) -> bool {
+    while !pdev.is_null() {
+        // SAFETY: By the safety requirements `pdev`, its bus and `slot` are valid.
+        unsafe {
+            if (*pdev).bus == (*slot).bus {
+                return (*pdev).slot == slot;
+            }
+            pdev = (*(*pdev).bus).self_;
+        }
+    }
+    false
+}
+
+impl Device<device::Bound> {
+    /// Resets the slot or bus of the function, and so every function it reaches
+    /// (`pci_reset_bus()`).
+    pub fn reset_bus(&self) -> Result {
+        // SAFETY: `self.as_raw()` is a valid `pci_dev` bound to the caller's driver.
+        to_result(unsafe { bindings::pci_reset_bus(self.as_raw()) })
     }
 }
