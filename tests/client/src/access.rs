@@ -1261,6 +1261,7 @@ fn sec_mem_disabled(ck: &mut Ck, dev: &File, lay: &Layout, orig_cmd: &Result<u32
 
 fn sec_pm(ck: &mut Ck, dev: &File, lay: &Layout) {
     let Some(p) = lay.cap(PCI_CAP_ID_PM) else {
+        ck.note("no PM capability: no D-state checks");
         return;
     };
     let ctl = p + PCI_PM_CTRL;
@@ -2044,13 +2045,26 @@ fn sec_hot_reset_cdev(ck: &mut Ck, lay: &Layout) {
         if devs.len() != n as usize {
             return Err(format!("expected {n} entries: {got}"));
         }
-        match devs.iter().find(|d| d.bdf() == lay.bdf) {
-            Some(d) if d.group_id_or_devid == devid => Ok(()),
-            _ => Err(format!(
-                "{} should be listed with devid {devid}: {got}",
-                lay.bdf
-            )),
+        // Every function is in this driver's device set and its group is owned through this
+        // iommufd: OWNED stays set, the others are listed as VFIO_PCI_DEVID_OWNED (0).
+        let want_flags =
+            uapi::VFIO_PCI_HOT_RESET_FLAG_DEV_ID | uapi::VFIO_PCI_HOT_RESET_FLAG_DEV_ID_OWNED;
+        if flags != want_flags {
+            return Err(format!(
+                "flags: expected {} (as vfio-pci) got {got}",
+                uapi::hot_reset_info_flags_str(want_flags)
+            ));
         }
+        for d in &devs {
+            let want = if d.bdf() == lay.bdf { devid } else { 0 };
+            if d.group_id_or_devid != want {
+                return Err(format!(
+                    "{} should be listed with devid {want} (as vfio-pci): {got}",
+                    d.bdf()
+                ));
+            }
+        }
+        Ok(())
     })();
     let own_re = format!("={devid}]");
     ck.both(
