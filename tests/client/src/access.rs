@@ -2372,6 +2372,40 @@ mod tests {
     }
 
     #[test]
+    fn hot_reset_info_display() {
+        let mut b = InfoBuf::new(28);
+        b.set_u32(4, 0);
+        b.set_u32(8, 2);
+        // 0000:0c:01.0 group 32, 0000:0c:02.0 group 32
+        b.set_u32(12, 32);
+        b.set_u32(16, u32::from_ne_bytes([0, 0, 0x0c, 1 << 3]));
+        b.set_u32(20, 32);
+        b.set_u32(24, u32::from_ne_bytes([0, 0, 0x0c, 2 << 3]));
+        assert_eq!(
+            show_hri(&Ok(0), &b),
+            "ok flags=0x0 (-) count=2 [0000:0c:01.0=32 0000:0c:02.0=32]"
+        );
+        assert_eq!(
+            show_hri(&Err(io::Error::from_raw_os_error(libc::ENOSPC)), &b),
+            "ENOSPC count=2"
+        );
+        assert_eq!(
+            show_hri(&Err(io::Error::from_raw_os_error(libc::ENOTTY)), &b),
+            "ENOTTY"
+        );
+    }
+
+    #[test]
+    fn swap_targets_per_twin() {
+        let t = crate::cli::parse_twin("vga=0000:09:00.0,0000:0a:00.0").unwrap();
+        let v: Vec<String> = swap_targets(&t).into_iter().map(|(b, _)| b).collect();
+        assert_eq!(v, ["0000:09:00.0", "0000:0a:00.0"]);
+        let t = crate::cli::parse_twin("edu=0000:01:00.0,0000:02:00.0").unwrap();
+        assert_eq!(swap_targets(&t).len(), 1);
+        assert_eq!(swap_targets(&t)[0].0, "0000:01:00.0");
+    }
+
+    #[test]
     fn same_cfg_reports_offsets() {
         assert!(same_cfg(&Ok(vec![1, 2]), &Ok(vec![1, 2])).is_ok());
         let e = same_cfg(&Ok(vec![1, 2]), &Ok(vec![1, 3])).unwrap_err();
