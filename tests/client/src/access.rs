@@ -1363,6 +1363,8 @@ fn ram_round_trips(ck: &mut Ck, dev: &File, bar: u32, base: u64, run: u32) {
         (8, 8),
         (0x13, 8),
         (0x21, 4),
+        (0x31, 3),
+        (0x41, 7),
         (0x1000, 4096),
     ]
     .into_iter()
