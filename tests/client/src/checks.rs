@@ -757,6 +757,21 @@ pub fn run_twin(rep: &mut Reporter, twin: &Twin, drivers: &[Driver]) {
         }
     }
 
+    // Regions, config space, BAR/ROM access, PM and resets: one device through each driver
+    // in turn, compared byte for byte.
+    if drivers
+        .iter()
+        .all(|d| bound.get(d).is_some_and(|b| b.is_ok()))
+    {
+        crate::access::swap_phase(rep, twin, drivers);
+    } else {
+        rep.fail(
+            &format!("{} swap", twin.name),
+            "bind",
+            "skipped: bind failed",
+        );
+    }
+
     for &d in drivers {
         let subject = format!("{} {d}", twin.name);
         match sysfs::restore(twin.bdf(d)) {

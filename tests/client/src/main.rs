@@ -5,6 +5,8 @@
 //! the Rust port answers exactly like the C driver. See `cli::USAGE` and `report.rs` for the
 //! command line and output format.
 
+mod access;
+mod cfgspace;
 mod checks;
 mod cli;
 mod hold;
@@ -46,6 +48,9 @@ fn main() -> ExitCode {
                 checks::run_twin(&mut rep, twin, &drivers);
             }
             checks::kernel_checks(&mut rep);
+            for line in rep.tally_lines() {
+                println!("# checks per device type: {line}");
+            }
             println!("{}", rep.summary());
             if rep.failed() == 0 {
                 ExitCode::SUCCESS

@@ -14,6 +14,9 @@ pub struct Reporter {
     failed: u32,
     echo: bool,
     lines: Vec<String>,
+    /// Per device type (the first word of the subject: the twin name, or `kernel`) and
+    /// column (the second word: a driver, `parity` or `mixed`): (passed, failed).
+    tally: std::collections::BTreeMap<(String, String), (u32, u32)>,
 }
 
 impl Reporter {
@@ -24,6 +27,7 @@ impl Reporter {
             failed: 0,
             echo: true,
             lines: Vec::new(),
+            tally: Default::default(),
         }
     }
 
@@ -35,6 +39,7 @@ impl Reporter {
             failed: 0,
             echo: false,
             lines: Vec::new(),
+            tally: Default::default(),
         }
     }
 
@@ -45,12 +50,49 @@ impl Reporter {
         self.lines.push(line);
     }
 
+    fn count(&mut self, subject: &str, ok: bool) {
+        let mut words = subject.split_whitespace();
+        let kind = words.next().unwrap_or("").to_string();
+        let column = words.next().unwrap_or("-").to_string();
+        let e = self.tally.entry((kind, column)).or_default();
+        if ok {
+            e.0 += 1;
+        } else {
+            e.1 += 1;
+        }
+    }
+
+    /// One line per device type: `<type>: N checks (<column> P/N, ...)`, where a column is a
+    /// driver, `parity` or `mixed` and P/N is passed/total.
+    pub fn tally_lines(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        let mut kinds: Vec<&String> = self.tally.keys().map(|(k, _)| k).collect();
+        kinds.dedup();
+        for kind in kinds {
+            let cols: Vec<(&String, &(u32, u32))> = self
+                .tally
+                .iter()
+                .filter(|((k, _), _)| k == kind)
+                .map(|((_, c), v)| (c, v))
+                .collect();
+            let total: u32 = cols.iter().map(|(_, (p, f))| p + f).sum();
+            let parts: Vec<String> = cols
+                .iter()
+                .map(|(c, (p, f))| format!("{c} {p}/{}", p + f))
+                .collect();
+            out.push(format!("{kind}: {total} checks ({})", parts.join(", ")));
+        }
+        out
+    }
+
     pub fn pass(&mut self, subject: &str, check: &str) {
+        self.count(subject, true);
         self.passed += 1;
         self.emit(format!("PASS {subject} {check}"));
     }
 
     pub fn fail(&mut self, subject: &str, check: &str, detail: &str) {
+        self.count(subject, false);
         self.failed += 1;
         // Keep one line per check even if a detail (e.g. a tool's stderr) has newlines.
         let detail = detail.replace('\n', " | ");
@@ -201,6 +243,25 @@ mod tests {
         );
         assert_eq!(rep.summary(), "1 passed, 1 failed");
         assert_eq!(rep.failed(), 1);
+    }
+
+    #[test]
+    fn tally_per_device_type() {
+        let mut rep = Reporter::collect();
+        rep.pass("edu vfio-pci", "a");
+        rep.pass("edu vfio-pci-rs", "a");
+        rep.fail("edu vfio-pci-rs", "b", "x");
+        rep.pass("edu parity", "a");
+        rep.pass("igb vfio-pci", "a");
+        rep.pass("kernel", "no-warn");
+        assert_eq!(
+            rep.tally_lines(),
+            [
+                "edu: 4 checks (parity 1/1, vfio-pci 1/1, vfio-pci-rs 1/2)",
+                "igb: 1 checks (vfio-pci 1/1)",
+                "kernel: 1 checks (- 1/1)",
+            ]
+        );
     }
 
     #[test]

@@ -144,7 +144,7 @@ impl InfoBuf {
         Some(u32::from_ne_bytes([s[0], s[1], s[2], s[3]]))
     }
 
-    fn set_u32(&mut self, offset: usize, v: u32) {
+    pub fn set_u32(&mut self, offset: usize, v: u32) {
         let mut b = self.bytes();
         b[offset..offset + 4].copy_from_slice(&v.to_ne_bytes());
         for (w, chunk) in self.words.iter_mut().zip(b.chunks_exact(8)) {
@@ -195,6 +195,41 @@ pub fn pci_hot_reset(dev: &impl AsRawFd, group_fds: &[BorrowedFd<'_>]) -> io::Re
     // `__s32`s from `group_fds[]` (it bounds `count` by the number of functions on the bus
     // and reads nothing else) and writes nothing back. The group fds are borrowed, so they
     // stay open for the call; `dev` is a live descriptor.
+    check(unsafe {
+        libc::ioctl(
+            dev.as_raw_fd(),
+            uapi::VFIO_DEVICE_PCI_HOT_RESET as libc::Ioctl,
+            ptr,
+        )
+    })
+}
+
+/// `VFIO_DEVICE_PCI_HOT_RESET` with every header field chosen by the caller, for the
+/// bad-input checks: `argsz`, `flags` and `count` as given, followed by `fds` (raw numbers,
+/// which may be invalid on purpose). The buffer always holds at least `count` entries (padded
+/// with -1), so the kernel never reads past it whatever `count` says; `count` is capped at
+/// 64 for that reason.
+pub fn pci_hot_reset_raw(
+    dev: &impl AsRawFd,
+    argsz: u32,
+    flags: u32,
+    count: u32,
+    fds: &[i32],
+) -> io::Result<i32> {
+    if count > 64 || fds.len() > 64 {
+        return Err(io::Error::from_raw_os_error(libc::E2BIG));
+    }
+    let mut words: Vec<u32> = vec![argsz, flags, count];
+    words.extend(fds.iter().map(|fd| *fd as u32));
+    while words.len() < 3 + count as usize {
+        words.push(u32::MAX);
+    }
+    let ptr = words.as_mut_ptr();
+    // SAFETY: `ptr` points to a live, exclusively borrowed, 4-byte aligned allocation of
+    // `12 + 4 * max(count, fds.len())` bytes. The handler reads the 12-byte header, then at
+    // most `count` `__s32`s (only when it accepts `count`), never more than the buffer holds,
+    // and writes nothing back. Invalid fd numbers are only looked up by the kernel (fget),
+    // which fails cleanly; `dev` is a live descriptor.
     check(unsafe {
         libc::ioctl(
             dev.as_raw_fd(),

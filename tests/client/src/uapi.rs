@@ -124,6 +124,8 @@ pub const VFIO_DEVICE_FLAG_NAMES: [(u32, &str); 9] = [
 pub const VFIO_DEVICE_GET_INFO: u32 = vfio_io(7);
 pub const VFIO_DEVICE_GET_REGION_INFO: u32 = vfio_io(8);
 pub const VFIO_DEVICE_GET_IRQ_INFO: u32 = vfio_io(9);
+/// `VFIO_DEVICE_RESET`: no argument.
+pub const VFIO_DEVICE_RESET: u32 = vfio_io(11);
 pub const VFIO_DEVICE_GET_PCI_HOT_RESET_INFO: u32 = vfio_io(12);
 pub const VFIO_DEVICE_PCI_HOT_RESET: u32 = vfio_io(13);
 pub const VFIO_DEVICE_BIND_IOMMUFD: u32 = vfio_io(18);
@@ -156,6 +158,21 @@ pub const VFIO_REGION_INFO_FLAG_READ: u32 = 1 << 0;
 pub const VFIO_REGION_INFO_FLAG_WRITE: u32 = 1 << 1;
 pub const VFIO_REGION_INFO_FLAG_MMAP: u32 = 1 << 2;
 pub const VFIO_REGION_INFO_FLAG_CAPS: u32 = 1 << 3;
+/// `offsetofend(struct vfio_region_info, offset)`: the core's minimum `argsz`.
+pub const VFIO_REGION_INFO_MINSZ: u32 = 32;
+/// Region capability id (`struct vfio_info_cap_header.id`) of the MSI-X BAR's capability.
+pub const VFIO_REGION_INFO_CAP_MSIX_MAPPABLE: u16 = 3;
+
+/// `VFIO_PCI_INDEX_TO_OFFSET(index)`: regions sit at `index << 40` in the device fd.
+pub const VFIO_PCI_OFFSET_SHIFT: u32 = 40;
+pub const VFIO_PCI_ROM_REGION_INDEX: u32 = 6;
+pub const VFIO_PCI_CONFIG_REGION_INDEX: u32 = 7;
+pub const VFIO_PCI_VGA_REGION_INDEX: u32 = 8;
+
+/// The device-fd offset of byte `off` of region `index`.
+pub const fn region_offset(index: u32, off: u64) -> u64 {
+    ((index as u64) << VFIO_PCI_OFFSET_SHIFT) + off
+}
 
 /// `struct vfio_irq_info`.
 #[repr(C)]
@@ -465,6 +482,7 @@ mod tests {
         assert_eq!(VFIO_DEVICE_GET_INFO, 0x3b6b);
         assert_eq!(VFIO_DEVICE_GET_REGION_INFO, 0x3b6c);
         assert_eq!(VFIO_DEVICE_GET_IRQ_INFO, 0x3b6d);
+        assert_eq!(VFIO_DEVICE_RESET, 0x3b6f);
         assert_eq!(VFIO_DEVICE_GET_PCI_HOT_RESET_INFO, 0x3b70);
         assert_eq!(VFIO_DEVICE_PCI_HOT_RESET, 0x3b71);
         assert_eq!(VFIO_DEVICE_BIND_IOMMUFD, 0x3b76);
@@ -545,6 +563,20 @@ mod tests {
         assert_eq!(size_of::<IommuIoasAlloc>(), 12);
         assert_eq!(offset_of!(IommuIoasAlloc, flags), 4);
         assert_eq!(offset_of!(IommuIoasAlloc, out_ioas_id), 8);
+    }
+
+    #[test]
+    fn region_offsets() {
+        assert_eq!(
+            region_offset(VFIO_PCI_CONFIG_REGION_INDEX, 0),
+            0x700_0000_0000
+        );
+        assert_eq!(
+            region_offset(VFIO_PCI_VGA_REGION_INDEX, 0x3cc),
+            0x800_0000_03cc
+        );
+        assert_eq!(region_offset(2, 0x1000), 0x200_0000_1000);
+        assert_eq!(VFIO_PCI_ROM_REGION_INDEX + 1, VFIO_PCI_CONFIG_REGION_INDEX);
     }
 
     #[test]
