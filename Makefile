@@ -5,6 +5,7 @@
 #   make test          install what is missing, build, run KUnit and the VM tests
 #   make run           the demo: bind a device to vfio-pci-rs in the VM and open it
 #   make vm CMD='...'  boot the test VM and run CMD as root
+#   make bench         fault/revoke/ioctl benchmark, vfio-pci vs vfio-pci-rs (not in make test)
 #   make kernel        install the driver into the tree and build it
 #   make install KDIR=/path/to/linux-7.3   place the driver into your own tree
 #   make check         rustfmt, clippy and checkpatch
@@ -14,7 +15,7 @@
 SHELL := /bin/bash
 export KDIR
 
-.PHONY: all deps kernel install client test run vm check kunit clean-cache
+.PHONY: all deps kernel install client test run vm check kunit clean-cache bench
 
 all: kernel
 
@@ -35,6 +36,9 @@ test:
 
 run: kernel client
 	@scripts/vm.sh 'bash tests/guest/demo.sh'
+
+bench:
+	@scripts/bench.sh
 
 vm: kernel client
 	@scripts/vm.sh '$(CMD)'

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # make run: in the VM, load vfio_pci_rs, bind a device to vfio-pci-rs the way an administrator
-# would, open it through /dev/vfio as QEMU would, and show what it offers.
+# would, open it through /dev/vfio as QEMU would, and show what it offers; then map a BAR
+# through vfio-pci-rs (a DMABUF), revoke it by disabling memory (SIGBUS) and restore it.
 set -eu
 cd "$(dirname "$0")/../.." || exit 1
 BDF=${BDF:-0000:08:00.0}
@@ -21,4 +22,14 @@ run ls -l /dev/vfio/ /dev/vfio/devices/
 run tests/client/target/release/vfio-test info "$BDF"
 echo "$BDF" > "$dev/driver/unbind"
 echo > "$dev/driver_override"
+
+# BAR mmap (issue 4): ivshmem's 1 GiB BAR2 through vfio-pci-rs. /proc/self/maps names the
+# DMABUF behind the mapping; clearing COMMAND.MEM revokes it (SIGBUS), setting it brings the
+# data back.
+MMAP_BDF=${MMAP_BDF:-0000:04:00.0}
+status=0
+run tests/client/target/release/vfio-test bind "$MMAP_BDF" vfio-pci-rs
+run tests/client/target/release/vfio-test mmap-demo "$MMAP_BDF" 2 || status=$?
+run tests/client/target/release/vfio-test unbind "$MMAP_BDF"
 run rmmod vfio_pci_rs
+exit "$status"

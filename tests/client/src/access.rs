@@ -273,7 +273,7 @@ const ROM: u32 = uapi::VFIO_PCI_ROM_REGION_INDEX;
 const VGA: u32 = uapi::VFIO_PCI_VGA_REGION_INDEX;
 
 /// Little-endian config read of 1, 2 or 4 bytes.
-fn cfg_get(dev: &File, off: usize, len: usize) -> Result<u32, String> {
+pub(crate) fn cfg_get(dev: &File, off: usize, len: usize) -> Result<u32, String> {
     let b = rd(dev, CFG, off as u64, len)
         .map_err(|e| format!("config read {len}@0x{off:x}: {}", err_name(&e)))?;
     if b.len() != len {
@@ -284,7 +284,7 @@ fn cfg_get(dev: &File, off: usize, len: usize) -> Result<u32, String> {
     Ok(u32::from_le_bytes(a))
 }
 
-fn cfg_set(dev: &File, off: usize, len: usize, v: u32) -> Result<(), String> {
+pub(crate) fn cfg_set(dev: &File, off: usize, len: usize, v: u32) -> Result<(), String> {
     let b = v.to_le_bytes();
     match wr(dev, CFG, off as u64, &b[..len]) {
         Ok(n) if n == len => Ok(()),
@@ -357,7 +357,7 @@ fn pattern(len: usize, salt: u8) -> Vec<u8> {
 }
 
 /// The ivshmem backing files the guest can see (the host's cache directory is shared).
-fn ivshmem_files() -> Vec<PathBuf> {
+pub(crate) fn ivshmem_files() -> Vec<PathBuf> {
     let mut dirs: Vec<PathBuf> = Vec::new();
     if let Ok(d) = std::env::var("VFIO_TEST_IVSHMEM_DIR") {
         dirs.push(PathBuf::from(d));

@@ -6,12 +6,15 @@
 //! command line and output format.
 
 mod access;
+mod bench;
 mod cfgspace;
 mod checks;
 mod cli;
+mod faultsafe;
 mod hold;
 mod mixed;
 mod report;
+mod stress;
 mod sys;
 mod sysfs;
 mod uapi;
@@ -23,6 +26,10 @@ use report::Reporter;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    // `stress`, `bench` and `mmap-demo` parse their own arguments (bench.rs).
+    if let Some(code) = bench::dispatch(&args) {
+        return code;
+    }
     let cmd = match cli::parse(&args) {
         Ok(cmd) => cmd,
         Err(e) => {
