@@ -274,6 +274,71 @@ pub fn kernel_health(rep: &mut Reporter, subject: &str, since: usize) {
 }
 
 // ------------------------------------------------------------------------------------------
+// Watchdog: a hang must become a report, not a silent VM
+// ------------------------------------------------------------------------------------------
+
+/// What each stress thread is doing (thread name -> action), for the watchdog's report.
+static ACTIVITY: Mutex<BTreeMap<String, &'static str>> = Mutex::new(BTreeMap::new());
+/// The phase being watched: (name, since, limit).
+static PHASE: Mutex<Option<(String, Instant, Duration)>> = Mutex::new(None);
+
+fn act(thread: &str, what: &'static str) {
+    ACTIVITY.lock().unwrap().insert(thread.to_string(), what);
+}
+
+/// Watch `phase` from now on: if it is not over within `limit`, the watchdog reports.
+fn watch(phase: &str, limit: Duration) {
+    *PHASE.lock().unwrap() = Some((phase.to_string(), Instant::now(), limit));
+}
+
+fn unwatch() {
+    *PHASE.lock().unwrap() = None;
+}
+
+/// The watchdog thread: the kernel has no hung-task detector in this config, so a deadlock
+/// would only show as a VM without output. On a phase past its limit: print what every
+/// thread was doing, the blocked tasks' stacks (sysrq w) and the kernel log's tail, a FAIL
+/// line, and power the VM off (sysrq o): a task stuck in the kernel cannot be killed.
+fn start_watchdog() {
+    thread::spawn(|| loop {
+        thread::sleep(Duration::from_secs(1));
+        let late = PHASE
+            .lock()
+            .unwrap()
+            .as_ref()
+            .filter(|(_, since, limit)| since.elapsed() > *limit)
+            .map(|(p, since, _)| (p.clone(), since.elapsed()));
+        let Some((phase, took)) = late else {
+            continue;
+        };
+        println!(
+            "# watchdog: {phase} not over after {:.0} s",
+            took.as_secs_f64()
+        );
+        for (t, a) in ACTIVITY.lock().unwrap().iter() {
+            println!("# watchdog: {t}: {a}");
+        }
+        let since = dmesg().map(|l| l.len()).unwrap_or(0);
+        let _ = std::fs::write("/proc/sysrq-trigger", "w");
+        thread::sleep(Duration::from_secs(3));
+        if let Ok(lines) = dmesg() {
+            let from = since.saturating_sub(40);
+            for l in lines.get(from..).unwrap_or(&[]).iter().take(400) {
+                println!("# dmesg: {l}");
+            }
+        }
+        println!(
+            "FAIL {phase}: hung for {:.0} s (blocked tasks above); powering the VM off",
+            took.as_secs_f64()
+        );
+        let _ = std::io::Write::flush(&mut std::io::stdout());
+        thread::sleep(Duration::from_secs(2));
+        let _ = std::fs::write("/proc/sysrq-trigger", "o");
+        thread::sleep(Duration::from_secs(60));
+    });
+}
+
+// ------------------------------------------------------------------------------------------
 // The stress
 // ------------------------------------------------------------------------------------------
 
@@ -455,6 +520,7 @@ impl Ctx<'_> {
 /// Walk a random run of up to 256 pages of a random slot: read one word per page (checked),
 /// write another; move on after a SIGBUS.
 fn faulter(ctx: &Ctx, id: u64) {
+    act(&format!("faulter{id}"), "faulting");
     let mut rng = Rng::seeded(id);
     let mut round = 0u64;
     while !ctx.stopped() {
@@ -487,14 +553,18 @@ fn toggler(ctx: &Ctx) {
     let mut rng = Rng::seeded(101);
     while !ctx.stopped() {
         let f = ctx.fd();
+        act("toggler", "config write: COMMAND.MEM off");
         if let Err(e) = set_mem(&f, ctx.cmd0, false) {
             ctx.error(format!("toggler: MEM off: {e}"));
         }
+        act("toggler", "sleeping");
         nap(ctx, &mut rng, 1, 4);
+        act("toggler", "config write: COMMAND.MEM on");
         if let Err(e) = set_mem(&f, ctx.cmd0, true) {
             ctx.error(format!("toggler: MEM on: {e}"));
         }
         ctx.c.toggles.fetch_add(1, Ordering::Relaxed);
+        act("toggler", "sleeping");
         nap(ctx, &mut rng, 3, 20);
     }
 }
@@ -502,8 +572,10 @@ fn toggler(ctx: &Ctx) {
 fn resetter(ctx: &Ctx) {
     let mut rng = Rng::seeded(202);
     while !ctx.stopped() {
+        act("resetter", "sleeping");
         nap(ctx, &mut rng, 50, 250);
         let f = ctx.fd();
+        act("resetter", "VFIO_DEVICE_RESET");
         match sys::ioctl_noarg(&*f, uapi::VFIO_DEVICE_RESET) {
             Ok(_) => {
                 ctx.c.resets_ok.fetch_add(1, Ordering::Relaxed);
@@ -528,7 +600,9 @@ fn touch_window(ctx: &Ctx, m: &Map, bar_off: u64, n: u64, what: &str) {
 fn reopener(ctx: &Ctx) {
     let mut rng = Rng::seeded(303);
     while !ctx.stopped() {
+        act("reopener", "sleeping");
         nap(ctx, &mut rng, 20, 80);
+        act("reopener", "GET_DEVICE_FD");
         let f2 = match ctx.session.device_fd(ctx.bdf) {
             Ok(f) => f,
             Err(e) => {
@@ -537,6 +611,7 @@ fn reopener(ctx: &Ctx) {
             }
         };
         let off = rng.below(ctx.bar_size / M2) * M2;
+        act("reopener", "mmap");
         let m = match Map::new(f2.as_raw_fd(), None, M2, ctx.region_off + off) {
             Ok(m) => m,
             Err(e) => {
@@ -544,7 +619,9 @@ fn reopener(ctx: &Ctx) {
                 continue;
             }
         };
+        act("reopener", "touching");
         touch_window(ctx, &m, off, 8, "reopened fd");
+        act("reopener", "closing an fd");
         if rng.below(2) == 0 {
             // The new fd becomes the one everybody uses; the previous one is closed when
             // the last thread using it lets go.
@@ -553,7 +630,9 @@ fn reopener(ctx: &Ctx) {
             drop(f2);
         }
         // The fd that made the mapping may be closed now: the mapping must still work.
+        act("reopener", "touching after close");
         touch_window(ctx, &m, off, 8, "mapping of a closed fd");
+        act("reopener", "munmap");
         drop(m);
         ctx.c.reopens.fetch_add(1, Ordering::Relaxed);
     }
@@ -562,11 +641,15 @@ fn reopener(ctx: &Ctx) {
 fn remapper(ctx: &Ctx) {
     let mut rng = Rng::seeded(404);
     while !ctx.stopped() {
+        act("remapper", "sleeping");
         nap(ctx, &mut rng, 10, 50);
         let slot = &ctx.slots[rng.below(ctx.slots.len() as u64) as usize];
+        act("remapper", "waiting for the slot");
         let mut g = slot.map.write().unwrap();
+        act("remapper", "munmap");
         *g = None;
         let f = ctx.fd();
+        act("remapper", "mmap");
         match Map::new(
             f.as_raw_fd(),
             Some(slot.at),
@@ -589,9 +672,11 @@ fn remapper(ctx: &Ctx) {
 fn revoker(ctx: &Ctx) {
     let mut rng = Rng::seeded(505);
     while !ctx.stopped() {
+        act("revoker", "sleeping");
         nap(ctx, &mut rng, 20, 80);
         let f = ctx.fd();
         let off = rng.below(ctx.bar_size / M2) * M2;
+        act("revoker", "export");
         let buf = match dmabuf_export(&f, BAR, off, M2) {
             Ok(b) => b,
             Err(e) => {
@@ -609,6 +694,7 @@ fn revoker(ctx: &Ctx) {
         if let Some(m) = &m {
             touch_window(ctx, m, off, 4, "exported DMABUF");
         }
+        act("revoker", "revoke");
         match dmabuf_revoke(&f, buf.as_raw_fd()) {
             Ok(_) => {
                 ctx.c.revokes.fetch_add(1, Ordering::Relaxed);
@@ -695,6 +781,9 @@ pub fn check_host_file(files: &[PathBuf], size: u64, seed: u64) -> Result<FileCh
             .map_err(|e| format!("{} at 0x{:x}: {e}", file.display(), c * M2))?;
         if !chunk_ok(&buf, c * M2, seed) {
             bad_chunks.push(c);
+        }
+        if (c + 1) % 128 == 0 {
+            println!("# read {} MiB of {}", (c + 1) * 2, file.display());
         }
     }
     Ok(FileCheck {
@@ -820,6 +909,7 @@ fn stress_driver(rep: &mut Reporter, bdf: &str, driver: Driver, secs: u64) {
     let seed = seed_for(driver, 0x5eed);
     let t = Instant::now();
     let _ = set_mem(&dev, cmd0, true);
+    watch(&format!("{subject} prefill"), Duration::from_secs(300));
     match fill_bar(&dev, bar_size, region_off, seed) {
         Ok(()) => rep.pass(&subject, "prefill"),
         Err(e) => {
@@ -909,9 +999,32 @@ fn stress_driver(rep: &mut Reporter, bdf: &str, driver: Driver, secs: u64) {
         if revoke_feature.is_ok() {
             s.spawn(|| revoker(&ctx));
         }
-        thread::sleep(Duration::from_secs(secs));
+        watch(
+            &format!("{subject} threads"),
+            Duration::from_secs(secs + 90),
+        );
+        let c = &ctx.c;
+        let ld = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        while t0.elapsed() < Duration::from_secs(secs) {
+            thread::sleep(
+                Duration::from_secs(10).min(Duration::from_secs(secs).saturating_sub(t0.elapsed())),
+            );
+            println!(
+                "# {subject}: {:.0} s: {} accesses, {} SIGBUS, {} toggles, {} resets, {} reopens, {} remaps, {} revokes",
+                t0.elapsed().as_secs_f64(),
+                ld(&c.accesses),
+                ld(&c.sigbus),
+                ld(&c.toggles),
+                ld(&c.resets_ok),
+                ld(&c.reopens),
+                ld(&c.remaps),
+                ld(&c.revokes)
+            );
+        }
         ctx.stop.store(true, Ordering::Relaxed);
     });
+    unwatch();
+    ACTIVITY.lock().unwrap().clear();
     let elapsed = t0.elapsed().as_secs_f64();
     let faults = faultsafe::minflt() - flt0;
     let caught = faultsafe::sigbus_caught() - bus0;
@@ -1031,6 +1144,7 @@ fn stress_driver(rep: &mut Reporter, bdf: &str, driver: Driver, secs: u64) {
     // the host's backing file, per 2 MiB.
     let dev = ctx.fd();
     let Ctx { slots, cur, .. } = ctx;
+    watch(&format!("{subject} data check"), Duration::from_secs(600));
     drop(slots);
     drop(cur);
     let _ = set_mem(&dev, cmd0, true);
@@ -1070,6 +1184,7 @@ fn stress_driver(rep: &mut Reporter, bdf: &str, driver: Driver, secs: u64) {
     }
 
     // Everything closed: nothing may be left behind.
+    watch(&format!("{subject} close"), Duration::from_secs(120));
     let open = Census::take(&module);
     drop(dev);
     drop(session);
@@ -1136,6 +1251,7 @@ fn stress_driver(rep: &mut Reporter, bdf: &str, driver: Driver, secs: u64) {
             &quiet.failure.take().unwrap_or_default(),
         ),
     }
+    unwatch();
     kernel_health(rep, &subject, since);
 }
 
@@ -1159,6 +1275,7 @@ pub fn restore_device(bdf: &str) -> Result<(), String> {
 /// `vfio-test stress`: every driver in turn on `bdf`, then the device unbound.
 pub fn run(bdf: &str, drivers: &[Driver], secs: u64) -> std::process::ExitCode {
     faultsafe::install();
+    start_watchdog();
     let mut rep = Reporter::stdout();
     rep.note(&format!(
         "stress on {bdf} BAR{BAR}, {secs} s per driver, drivers: {}",
