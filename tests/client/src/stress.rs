@@ -1023,8 +1023,10 @@ fn stress_driver(rep: &mut Reporter, bdf: &str, driver: Driver, secs: u64) {
         }
         ctx.stop.store(true, Ordering::Relaxed);
     });
-    unwatch();
+    watch(&format!("{subject} report"), Duration::from_secs(60));
     ACTIVITY.lock().unwrap().clear();
+    // One lock at a time: a guard lives to the end of its statement.
+    let reset_errs = ctx.reset_errs.lock().unwrap().clone();
     let elapsed = t0.elapsed().as_secs_f64();
     let faults = faultsafe::minflt() - flt0;
     let caught = faultsafe::sigbus_caught() - bus0;
@@ -1036,8 +1038,8 @@ fn stress_driver(rep: &mut Reporter, bdf: &str, driver: Driver, secs: u64) {
         ld(&c.sigbus),
         ld(&c.toggles),
         ld(&c.resets_ok),
-        ctx.reset_errs.lock().unwrap().values().sum::<u64>(),
-        show_counts(&ctx.reset_errs.lock().unwrap()),
+        reset_errs.values().sum::<u64>(),
+        show_counts(&reset_errs),
         ld(&c.reopens),
         ld(&c.remaps),
         ld(&c.revokes),
@@ -1098,7 +1100,7 @@ fn stress_driver(rep: &mut Reporter, bdf: &str, driver: Driver, secs: u64) {
         rep.fail(&subject, "coverage", &missing.join(", "));
     }
     if has_reset {
-        let errs = ctx.reset_errs.lock().unwrap().clone();
+        let errs = reset_errs.clone();
         // pci_try_reset_function() may give EAGAIN when it cannot take the device lock.
         let odd: Vec<String> = errs
             .iter()
