@@ -213,7 +213,7 @@ pub fn wr(dev: &File, index: u32, off: u64, data: &[u8]) -> io::Result<usize> {
 }
 
 /// `ok <hex>` for a full read, `short <n> <hex>`, or the errno.
-fn show_rd(r: &io::Result<Vec<u8>>, want: usize) -> String {
+pub(crate) fn show_rd(r: &io::Result<Vec<u8>>, want: usize) -> String {
     match r {
         Ok(b) if b.len() == want => format!("ok {}", hex(b)),
         Ok(b) => format!("short {} {}", b.len(), hex(b)),
@@ -230,7 +230,7 @@ fn show_wr(r: &io::Result<usize>, want: usize) -> String {
 }
 
 /// How a successful result is shown in a failure: bytes in hex, counts as numbers.
-trait ShowOk {
+pub(crate) trait ShowOk {
     fn show_ok(&self) -> String;
 }
 
@@ -252,7 +252,7 @@ impl ShowOk for i32 {
     }
 }
 
-fn expect_errno<T: ShowOk>(r: &io::Result<T>, errno: i32) -> Result<(), String> {
+pub(crate) fn expect_errno<T: ShowOk>(r: &io::Result<T>, errno: i32) -> Result<(), String> {
     match r {
         Err(e) if e.raw_os_error() == Some(errno) => Ok(()),
         Err(e) => Err(format!(
@@ -273,7 +273,7 @@ const ROM: u32 = uapi::VFIO_PCI_ROM_REGION_INDEX;
 const VGA: u32 = uapi::VFIO_PCI_VGA_REGION_INDEX;
 
 /// Little-endian config read of 1, 2 or 4 bytes.
-fn cfg_get(dev: &File, off: usize, len: usize) -> Result<u32, String> {
+pub(crate) fn cfg_get(dev: &File, off: usize, len: usize) -> Result<u32, String> {
     let b = rd(dev, CFG, off as u64, len)
         .map_err(|e| format!("config read {len}@0x{off:x}: {}", err_name(&e)))?;
     if b.len() != len {
@@ -284,7 +284,7 @@ fn cfg_get(dev: &File, off: usize, len: usize) -> Result<u32, String> {
     Ok(u32::from_le_bytes(a))
 }
 
-fn cfg_set(dev: &File, off: usize, len: usize, v: u32) -> Result<(), String> {
+pub(crate) fn cfg_set(dev: &File, off: usize, len: usize, v: u32) -> Result<(), String> {
     let b = v.to_le_bytes();
     match wr(dev, CFG, off as u64, &b[..len]) {
         Ok(n) if n == len => Ok(()),
@@ -337,7 +337,7 @@ fn fnv(b: &[u8]) -> u64 {
 /// silently did nothing cannot read back what an earlier run left behind.
 static RUN: AtomicU32 = AtomicU32::new(0);
 
-fn nonce_bytes(run: u32, len: usize, salt: u8) -> Vec<u8> {
+pub(crate) fn nonce_bytes(run: u32, len: usize, salt: u8) -> Vec<u8> {
     let seed = std::process::id()
         .wrapping_mul(2_654_435_761)
         .wrapping_add(run.wrapping_mul(40503))
@@ -357,7 +357,7 @@ fn pattern(len: usize, salt: u8) -> Vec<u8> {
 }
 
 /// The ivshmem backing files the guest can see (the host's cache directory is shared).
-fn ivshmem_files() -> Vec<PathBuf> {
+pub(crate) fn ivshmem_files() -> Vec<PathBuf> {
     let mut dirs: Vec<PathBuf> = Vec::new();
     if let Ok(d) = std::env::var("VFIO_TEST_IVSHMEM_DIR") {
         dirs.push(PathBuf::from(d));
@@ -2112,6 +2112,7 @@ fn probe(
     prefix: &str,
     lay: &Layout,
     other_group: Option<&File>,
+    driver: Driver,
 ) -> Vec<(String, String)> {
     let run = RUN.fetch_add(1, Ordering::Relaxed);
     let mut ck = Ck {
@@ -2143,6 +2144,8 @@ fn probe(
         }
     }
     sec_hot_reset_cdev(&mut ck, lay);
+    // BAR mmap (issue 4): its own opens, with every fd above closed.
+    crate::mmap::sec_mmap(&mut ck, lay, driver, run);
     ck.tr
 }
 
@@ -2276,7 +2279,7 @@ pub fn swap_phase(rep: &mut Reporter, twin: &Twin, drivers: &[Driver]) {
                     twin.name
                 ));
             }
-            let t = probe(rep, &subject, &prefix, &lay, other.as_ref());
+            let t = probe(rep, &subject, &prefix, &lay, other.as_ref(), d);
             drop(other);
             rep.note(&format!(
                 "{subject} {prefix}swap run on {bdf}: {} values in {:.1} s",

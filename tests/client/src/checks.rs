@@ -984,7 +984,15 @@ pub fn info(bdf: &str) -> Result<(), String> {
         }
     }
     // The config header and the start of each BAR, read through the device fd.
-    for (index, len) in [(7u64, 64usize), (0, 16), (1, 16), (2, 16), (3, 16), (4, 16), (5, 16)] {
+    for (index, len) in [
+        (7u64, 64usize),
+        (0, 16),
+        (1, 16),
+        (2, 16),
+        (3, 16),
+        (4, 16),
+        (5, 16),
+    ] {
         let name = uapi::VFIO_PCI_REGION_NAMES[index as usize];
         let mut buf = vec![0u8; len];
         match std::os::unix::fs::FileExt::read_at(&gd.device, &mut buf, index << 40) {

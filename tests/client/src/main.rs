@@ -11,6 +11,7 @@ mod checks;
 mod cli;
 mod hold;
 mod mixed;
+mod mmap;
 mod report;
 mod sys;
 mod sysfs;
