@@ -1698,7 +1698,7 @@ fn sec_dmabuf(ck: &mut Ck, dev: &File, lay: &Layout, sp: &Spot, driver: Driver, 
     );
 
     if sp.ram {
-        dmabuf_ranges(ck, dev, sp, driver, run);
+        dmabuf_ranges(ck, dev, sp, lay.res[sp.bar as usize].start, driver, run);
     }
     // Revoke for good: the last thing done with this buffer.
     let m = if driver == Driver::Rs {
@@ -1748,7 +1748,7 @@ fn sec_dmabuf(ck: &mut Ck, dev: &File, lay: &Layout, sp: &Spot, driver: Driver, 
 
 /// vfio-pci-rs only (by design): a DMABUF of several ranges, out of order and aliasing one
 /// BAR page twice, mapped and checked page by page; memattr WC on a new mapping.
-fn dmabuf_ranges(ck: &mut Ck, dev: &File, sp: &Spot, driver: Driver, run: u32) {
+fn dmabuf_ranges(ck: &mut Ck, dev: &File, sp: &Spot, bar_phys: u64, driver: Driver, run: u32) {
     let base = 0x20_0000u64; // pages base..base+4 pages of the RAM BAR
     let pages: Vec<u32> = (0..4).map(|i| nonce32(run, 200 + i)).collect();
     for (i, n) in pages.iter().enumerate() {
@@ -1883,7 +1883,8 @@ fn dmabuf_ranges(ck: &mut Ck, dev: &File, sp: &Spot, driver: Driver, run: u32) {
                 Ok(())
             } else {
                 Err(format!(
-                    "the WC mapping's entry shows [{fw}] (WC is PWT without PCD in Linux's PAT layout; PCD = UC-, maybe PAT demoting WC on an ioremapped BAR); NC shows [{fn_}]"
+                    "the WC mapping's entry shows [{fw}] (WC is PWT without PCD in Linux's PAT layout; PCD = UC-, maybe PAT demoting WC on an ioremapped BAR); NC shows [{fn_}]; PAT memtypes at the BAR: [{}]",
+                    pat_memtypes(bar_phys + 0x20_0000)
                 ))
             }
         })();
@@ -1910,6 +1911,23 @@ fn pte_flags(addr: u64) -> Result<String, String> {
             )
         })?;
     ptdump_entry(&s, addr).ok_or_else(|| format!("no entry for 0x{addr:x} in {DIR}"))
+}
+
+/// The lines of /sys/kernel/debug/x86/pat_memtype_list whose range holds `phys`.
+fn pat_memtypes(phys: u64) -> String {
+    let s = fs::read_to_string("/sys/kernel/debug/x86/pat_memtype_list").unwrap_or_default();
+    let found: Vec<&str> = s
+        .lines()
+        .filter(|l| {
+            let r = l.split_once("[mem ").and_then(|(_, r)| r.split_once(']'));
+            let Some((a, b)) = r.and_then(|(range, _)| range.split_once('-')) else {
+                return false;
+            };
+            let p = |x: &str| u64::from_str_radix(x.trim_start_matches("0x"), 16).ok();
+            matches!((p(a), p(b)), (Some(a), Some(b)) if a <= phys && phys < b)
+        })
+        .collect();
+    found.join(" | ")
 }
 
 /// The flags column of the ptdump line whose range holds `addr`.
