@@ -543,6 +543,10 @@ mod tests {
         Ok(())
     }
 
+    fn check_all(cases: &[Case]) -> Result {
+        cases.iter().try_for_each(check)
+    }
+
     const fn row(
         ranges: &'static [(usize, usize)],
         vma: (usize, usize, usize),
@@ -639,10 +643,7 @@ mod tests {
             // Order 0 always maps inside the buffer.
             row(ONE_GIB, (VA, PAGE, 0), 0, VA, 0, Some((0, 0)), false),
         ];
-        for case in &cases {
-            check(case)?;
-        }
-        Ok(())
+        check_all(&cases)
     }
 
     #[test]
@@ -700,10 +701,7 @@ mod tests {
                 true,
             ),
         ];
-        for case in &cases {
-            check(case)?;
-        }
-        Ok(())
+        check_all(&cases)
     }
 
     #[test]
@@ -756,10 +754,7 @@ mod tests {
             // A PUD never fits in 2 MiB + 8 MiB.
             row(TWO_RANGES, (VA, PUD, 0), 0, VA, 18, None, true),
         ];
-        for case in &cases {
-            check(case)?;
-        }
-        Ok(())
+        check_all(&cases)
     }
 
     #[test]

@@ -1995,17 +1995,7 @@ fn sec_hot_reset_cdev(ck: &mut Ck, lay: &Layout) {
         "cdev-hot-reset",
     ];
     let opened = (|| -> Result<(File, File, u32), String> {
-        let name =
-            sysfs::vfio_cdev_name(&lay.bdf).map_err(|e| format!("vfio-dev: {}", err_name(&e)))?;
-        let dev = open_node(Path::new(&format!("/dev/vfio/devices/{name}")))?;
-        let iommufd = open_node(Path::new("/dev/iommu"))?;
-        let mut bind = uapi::VfioDeviceBindIommufd {
-            argsz: size_u32::<uapi::VfioDeviceBindIommufd>(),
-            iommufd: iommufd.as_raw_fd(),
-            ..Default::default()
-        };
-        sys::ioctl_struct::<uapi::DeviceBindIommufd>(&dev, &mut bind)
-            .map_err(|e| format!("BIND_IOMMUFD: {}", err_name(&e)))?;
+        let (dev, iommufd, devid) = cdev_bind_iommufd(&lay.bdf)?;
         let mut alloc = uapi::IommuIoasAlloc {
             size: size_u32::<uapi::IommuIoasAlloc>(),
             ..Default::default()
@@ -2019,7 +2009,7 @@ fn sec_hot_reset_cdev(ck: &mut Ck, lay: &Layout) {
         };
         sys::ioctl_struct::<uapi::DeviceAttachIommufdPt>(&dev, &mut attach)
             .map_err(|e| format!("ATTACH_IOMMUFD_PT: {}", err_name(&e)))?;
-        Ok((dev, iommufd, bind.out_devid))
+        Ok((dev, iommufd, devid))
     })();
     let (dev, _iommufd, devid) = match opened {
         Ok(x) => x,
@@ -2417,4 +2407,19 @@ mod tests {
         assert_eq!(e, "config changed (offset: before/after): 0x1: 02/03");
         assert!(same_cfg(&Err("x".into()), &Ok(vec![])).is_err());
     }
+}
+
+/// Opens the device's cdev and binds it to a fresh iommufd: (device, iommufd, devid).
+pub(crate) fn cdev_bind_iommufd(bdf: &str) -> Result<(File, File, u32), String> {
+    let name = sysfs::vfio_cdev_name(bdf).map_err(|e| format!("vfio-dev: {}", err_name(&e)))?;
+    let dev = open_node(Path::new(&format!("/dev/vfio/devices/{name}")))?;
+    let iommufd = open_node(Path::new("/dev/iommu"))?;
+    let mut bind = uapi::VfioDeviceBindIommufd {
+        argsz: size_u32::<uapi::VfioDeviceBindIommufd>(),
+        iommufd: iommufd.as_raw_fd(),
+        ..Default::default()
+    };
+    sys::ioctl_struct::<uapi::DeviceBindIommufd>(&dev, &mut bind)
+        .map_err(|e| format!("BIND_IOMMUFD: {}", err_name(&e)))?;
+    Ok((dev, iommufd, bind.out_devid))
 }

@@ -24,13 +24,13 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::access::{cfg_get, cfg_set, ivshmem_files, rd, wr, Ck, Layout};
+use crate::access::{self, cfg_get, cfg_set, ivshmem_files, rd, wr, Ck, Layout};
 use crate::cfgspace::*;
-use crate::checks::{get_info, open_node, open_via_group, suspicious_lines, Quiet};
+use crate::checks::{get_info, open_via_group, suspicious_lines, Quiet};
 use crate::cli::Driver;
 use crate::sys::{self, err_name, errno_name};
 use crate::sysfs;
-use crate::uapi::{self, region_offset, size_u32, FeatureBytes};
+use crate::uapi::{self, region_offset, FeatureBytes};
 
 const PAGE: u64 = 4096;
 const M2: u64 = 2 << 20;
@@ -1322,17 +1322,7 @@ fn sec_faults(ck: &mut Ck, dev: &File, lay: &Layout, run: u32) {
 
 /// Open the cdev, bind it to a fresh iommufd, close everything: Ok if the bind worked.
 fn cdev_bind(bdf: &str) -> Result<(), String> {
-    let name = sysfs::vfio_cdev_name(bdf).map_err(|e| format!("vfio-dev: {}", err_name(&e)))?;
-    let dev = open_node(Path::new(&format!("/dev/vfio/devices/{name}")))?;
-    let iommufd = open_node(Path::new("/dev/iommu"))?;
-    let mut bind = uapi::VfioDeviceBindIommufd {
-        argsz: size_u32::<uapi::VfioDeviceBindIommufd>(),
-        iommufd: iommufd.as_raw_fd(),
-        ..Default::default()
-    };
-    sys::ioctl_struct::<uapi::DeviceBindIommufd>(&dev, &mut bind)
-        .map(|_| ())
-        .map_err(|e| format!("BIND_IOMMUFD: {}", err_name(&e)))
+    access::cdev_bind_iommufd(bdf).map(|_| ())
 }
 
 fn power_state(bdf: &str) -> String {
