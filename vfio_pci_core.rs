@@ -20,7 +20,7 @@ use kernel::{
     new_mutex, new_rwsem, pci,
     prelude::*,
     str::BStr,
-    sync::{aref::ARef, Arc, Mutex},
+    sync::{aref::ARef, Arc, Mutex, WriteGuard},
     uaccess::{UserPtr, UserSlice},
     uapi, vfio,
 };
@@ -789,7 +789,6 @@ impl VfioPciCore {
         let members = dev_set.members()?;
         let pdev = dev_set_resettable(&dev_set, &members).ok_or(EINVAL)?;
 
-        let mut locked = KVec::with_capacity(members.len(), GFP_KERNEL)?;
         for member in &members {
             // With groups, each function must be in one of them; from a cdev, each must be
             // bound to the caller's iommufd, or have its group owned by it.
@@ -801,16 +800,35 @@ impl VfioPciCore {
             if !owned {
                 return Err(EINVAL);
             }
-            // Keep users off each function during the reset. Locking several is prone to
-            // deadlock: give up on contention.
-            let mut memory = member
-                .data()
-                .get_ref()
-                .memory_lock
-                .try_write()
-                .ok_or(EBUSY)?;
+        }
+
+        let mut locked: KVec<(
+            &pci::Device<Bound>,
+            WriteGuard<'_, MemoryState>,
+            &vfio::DeviceSetMember<'_, Self>,
+        )> = KVec::with_capacity(members.len(), GFP_KERNEL)?;
+        for member in &members {
+            // Keep users off each function during the reset: revoke its DMABUFs under the
+            // write guard. Locking several is prone to deadlock: give up on contention, and
+            // give back what the functions already locked had.
+            let locking = member_pdev(member).and_then(|member_pdev| {
+                let memory = member.data().get_ref().memory_lock.try_write();
+                Ok((member_pdev, memory.ok_or(EBUSY)?))
+            });
+            let (member_pdev, mut memory) = match locking {
+                Ok(locking) => locking,
+                Err(e) => {
+                    for (member_pdev, memory, member) in locked.iter_mut() {
+                        if member.open_count() != 0 {
+                            member.data().dma_buf_restore(member_pdev, memory);
+                        }
+                    }
+                    return Err(e);
+                }
+            };
             member.data().dma_buf_move(&mut memory, true);
-            locked.push((member_pdev(member)?, memory, member), GFP_KERNEL)?;
+            // Cannot fail: the capacity is reserved.
+            locked.push((member_pdev, memory, member), GFP_KERNEL)?;
         }
 
         // A function outside D0 would be put in D0 by the reset behind our back, losing the
