@@ -1366,9 +1366,11 @@ impl Access<'_> {
             let virt_io = virt_cmd & CMD_IO != 0;
             let new_io = new_cmd & CMD_IO != 0;
 
-            // C zaps mmaps and revokes DMABUFs here when memory is disabled (no mmaps yet).
             let core = self.core;
             let mut memory = core.memory_lock.write();
+            if !new_mem {
+                core.dma_buf_move(&mut memory, true);
+            }
 
             // Writing an enable that we think is set but the hardware shows clear means a
             // backdoor reset (SR-IOV functions trigger this too): restore the BARs first.
@@ -1387,7 +1389,7 @@ impl Access<'_> {
             // CAST: COMMAND is 16 bits.
             self.v.set16(COMMAND, cmd as u16);
             memory.command_memory = cmd & CMD_MEMORY != 0;
-            // C makes DMABUFs accessible again here if memory is enabled (none yet).
+            core.dma_buf_restore(self.pdev, &mut memory);
             drop(memory);
         } else {
             self.default_write(val)?;
@@ -1420,11 +1422,13 @@ impl Access<'_> {
                 2 => pci::PowerState::D2,
                 _ => pci::PowerState::D3Hot,
             };
-            // C zaps mmaps and revokes DMABUFs on the way to D3hot (no mmaps yet).
             let core = self.core;
             let mut memory = core.memory_lock.write();
+            if state == pci::PowerState::D3Hot {
+                core.dma_buf_move(&mut memory, true);
+            }
             let _ = VfioPciCore::set_power_state(self.pdev, &mut memory, state);
-            // C makes DMABUFs accessible again here if memory is enabled (none yet).
+            core.dma_buf_restore(self.pdev, &mut memory);
         }
         Ok(())
     }
@@ -1464,10 +1468,11 @@ impl Access<'_> {
 
     /// Resets the function for an emulated FLR, under the `memory_lock` write guard.
     fn flr(&self) {
-        // C zaps mmaps and revokes DMABUFs here (no mmaps yet).
-        let _memory = self.core.memory_lock.write();
+        let core = self.core;
+        let mut memory = core.memory_lock.write();
+        core.dma_buf_move(&mut memory, true);
         let _ = self.pdev.try_reset_function();
-        // C makes DMABUFs accessible again here if memory is enabled (none yet).
+        core.dma_buf_restore(self.pdev, &mut memory);
     }
 
     /// `vfio_exp_config_write()`: FLR is emulated, MRRS written with a floor at MPS.

@@ -16,10 +16,11 @@ use kernel::{
     device::{Bound, Core},
     driver, fmt,
     io::Io,
+    mm::virt::VmaNew,
     new_mutex, new_rwsem, pci,
     prelude::*,
     str::BStr,
-    sync::{aref::ARef, Mutex, RwSemaphore},
+    sync::{aref::ARef, Arc, Mutex, WriteGuard},
     uaccess::{UserPtr, UserSlice},
     uapi, vfio,
 };
@@ -38,6 +39,8 @@ module! {
     authors: ["The vfio-pci-rs developers"],
     description: "VFIO PCI - User Level meta-driver (Rust)",
     license: "GPL",
+    // The DMABUFs of BAR mappings and exports.
+    imports_ns: ["DMA_BUF"],
     params: {
         ids: string {
             default: "",
@@ -96,10 +99,6 @@ struct OpenState {
     saved_state: Option<pci::SavedState>,
     /// The MSI-X table, if the function has one.
     msix: Option<MsixLocation>,
-    /// BARs userspace may mmap (`bar_mmap_supported`).
-    bar_mmap_supported: [bool; 6],
-    /// The rest of the page of sub-page BARs, held while the function is open.
-    page_tail_reservations: [Option<pci::PageTailReservation>; 6],
 }
 
 /// A function driven by vfio-pci-rs, C's `struct vfio_pci_core_device`.
@@ -113,9 +112,11 @@ struct VfioPciCore {
     /// The virtualized config space, set up at open.
     #[pin]
     config: Mutex<vfio_pci_config::ConfigState>,
-    /// Memory decode and power state, and the BAR mappings only reachable under it.
-    #[pin]
-    memory_lock: RwSemaphore<MemoryState>,
+    /// Memory decode and power state, and the BAR mappings only reachable under it. Shared
+    /// with the function's DMABUFs, whose faults take it for reading.
+    memory_lock: Arc<vfio_pci_dmabuf::MemoryLock>,
+    /// The DMABUFs of the function's BARs: its mmap()s and exports.
+    dmabufs: Arc<vfio_pci_dmabuf::DmaBufs>,
     /// The function is a VGA device whose legacy ranges are offered (`has_vga`).
     has_vga: bool,
     /// Idle functions are left in D0 (`disable_idle_d3`).
@@ -209,6 +210,9 @@ impl VfioPciCore {
 
         let mut memory = MemoryState::new();
         memory.needs_pm_restore = needs_pm_restore(pdev);
+        let memory_lock =
+            Arc::pin_init(new_rwsem!(memory, "vfio_pci_rs::memory_lock"), GFP_KERNEL)?;
+        let dmabufs = vfio_pci_dmabuf::DmaBufs::new()?;
 
         vfio::Registration::new_foreign_owned(
             parent,
@@ -217,7 +221,8 @@ impl VfioPciCore {
             try_pin_init!(Self {
                 open <- new_mutex!(OpenState::default()),
                 config <- new_mutex!(vfio_pci_config::ConfigState::new()),
-                memory_lock <- new_rwsem!(memory, "vfio_pci_rs::memory_lock"),
+                memory_lock,
+                dmabufs,
                 has_vga: cfg!(CONFIG_VFIO_PCI_VGA) && !params.disable_vga && is_vga(pdev),
                 disable_idle_d3: params.disable_idle_d3,
                 nointxmask: params.nointxmask,
@@ -552,10 +557,10 @@ impl VfioPciCore {
                     return Ok(());
                 }
                 info.flags = read_write;
-                let open = self.open.lock();
-                if open.bar_mmap_supported[index as usize] {
+                let mmap = self.memory_lock.read().bar_mmap_supported[index as usize];
+                if mmap {
                     info.flags |= uapi::VFIO_REGION_INFO_FLAG_MMAP;
-                    if open.msix.is_some_and(|msix| msix.bar == index) {
+                    if self.open.lock().msix.is_some_and(|msix| msix.bar == index) {
                         caps.add(&uapi::vfio_info_cap_header {
                             id: uapi::VFIO_REGION_INFO_CAP_MSIX_MAPPABLE as u16,
                             version: 1,
@@ -606,10 +611,10 @@ impl VfioPciCore {
 
     /// Finds which BARs userspace may mmap (`vfio_pci_probe_mmaps()`): memory BARs of a page or
     /// more, and smaller ones that start a page, whose rest of the page is then reserved.
-    fn probe_mmaps(pdev: &pci::Device<Bound>, open: &mut OpenState) {
+    fn probe_mmaps(pdev: &pci::Device<Bound>, memory: &mut MemoryState) {
         for bar in 0..6u32 {
             let i = bar as usize;
-            open.bar_mmap_supported[i] = false;
+            memory.bar_mmap_supported[i] = false;
             let (Ok(flags), Ok(len)) = (pdev.resource_flags(bar), pdev.resource_len(bar)) else {
                 continue;
             };
@@ -617,12 +622,12 @@ impl VfioPciCore {
                 continue;
             }
             if len >= kernel::page::PAGE_SIZE as u64 {
-                open.bar_mmap_supported[i] = true;
+                memory.bar_mmap_supported[i] = true;
                 continue;
             }
             if let Ok(reservation) = pdev.reserve_bar_page_tail(bar) {
-                open.page_tail_reservations[i] = Some(reservation);
-                open.bar_mmap_supported[i] = true;
+                memory.page_tail_reservations[i] = Some(reservation);
+                memory.bar_mmap_supported[i] = true;
             }
         }
     }
@@ -784,7 +789,6 @@ impl VfioPciCore {
         let members = dev_set.members()?;
         let pdev = dev_set_resettable(&dev_set, &members).ok_or(EINVAL)?;
 
-        let mut locked = KVec::with_capacity(members.len(), GFP_KERNEL)?;
         for member in &members {
             // With groups, each function must be in one of them; from a cdev, each must be
             // bound to the caller's iommufd, or have its group owned by it.
@@ -796,15 +800,35 @@ impl VfioPciCore {
             if !owned {
                 return Err(EINVAL);
             }
-            // Keep users off each function during the reset. Locking several is prone to
-            // deadlock: give up on contention.
-            let memory = member
-                .data()
-                .get_ref()
-                .memory_lock
-                .try_write()
-                .ok_or(EBUSY)?;
-            locked.push((member_pdev(member)?, memory, member), GFP_KERNEL)?;
+        }
+
+        let mut locked: KVec<(
+            &pci::Device<Bound>,
+            WriteGuard<'_, MemoryState>,
+            &vfio::DeviceSetMember<'_, Self>,
+        )> = KVec::with_capacity(members.len(), GFP_KERNEL)?;
+        for member in &members {
+            // Keep users off each function during the reset: revoke its DMABUFs under the
+            // write guard. Locking several is prone to deadlock: give up on contention, and
+            // give back what the functions already locked had.
+            let locking = member_pdev(member).and_then(|member_pdev| {
+                let memory = member.data().get_ref().memory_lock.try_write();
+                Ok((member_pdev, memory.ok_or(EBUSY)?))
+            });
+            let (member_pdev, mut memory) = match locking {
+                Ok(locking) => locking,
+                Err(e) => {
+                    for (member_pdev, memory, member) in locked.iter_mut() {
+                        if member.open_count() != 0 {
+                            member.data().dma_buf_restore(member_pdev, memory);
+                        }
+                    }
+                    return Err(e);
+                }
+            };
+            member.data().dma_buf_move(&mut memory, true);
+            // Cannot fail: the capacity is reserved.
+            locked.push((member_pdev, memory, member), GFP_KERNEL)?;
         }
 
         // A function outside D0 would be put in D0 by the reset behind our back, losing the
@@ -818,6 +842,9 @@ impl VfioPciCore {
             if member.open_count() == 0 && !member.data().disable_idle_d3 {
                 let _ = Self::set_power_state(member_pdev, memory, pci::PowerState::D3Hot);
             }
+            if member.open_count() != 0 {
+                member.data().dma_buf_restore(member_pdev, memory);
+            }
         }
         ret.map(|()| 0)
     }
@@ -830,8 +857,11 @@ impl VfioPciCore {
         let mut memory = self.memory_lock.write();
         // A reset from D3hot would skip the state a NoSoftRst- function keeps in `pm_save`.
         let _ = Self::set_power_state(pdev, &mut memory, pci::PowerState::D0);
-        pdev.try_reset_function()?;
-        Ok(0)
+        // Revoke after the move to D0, whose restore could enable memory again.
+        self.dma_buf_move(&mut memory, true);
+        let ret = pdev.try_reset_function();
+        self.dma_buf_restore(pdev, &mut memory);
+        ret.map(|()| 0)
     }
 }
 
@@ -900,9 +930,8 @@ impl vfio::Driver for VfioPciCore {
             reset_works: reset.is_ok(),
             saved_state,
             msix: msix_location(pdev),
-            ..OpenState::default()
         };
-        Self::probe_mmaps(pdev, &mut open);
+        Self::probe_mmaps(pdev, &mut this.memory_lock.write());
         Ok(())
     }
 
@@ -915,6 +944,7 @@ impl vfio::Driver for VfioPciCore {
         let Ok(pdev) = Self::pdev(vdev) else {
             return;
         };
+        this.dma_buf_cleanup();
         let mut open = this.open.lock();
 
         // A function reset, e.g. a PM reset, fails outside D0; and a NoSoftRst- function gets
@@ -929,7 +959,12 @@ impl vfio::Driver for VfioPciCore {
         pdev.clear_master();
 
         this.config_free();
-        this.memory_lock.write().bars = core::array::from_fn(|_| Err(ENODEV));
+        {
+            let mut memory = this.memory_lock.write();
+            memory.bars = core::array::from_fn(|_| Err(ENODEV));
+            memory.bar_mmap_supported = [false; 6];
+            memory.page_tail_reservations = [const { None }; 6];
+        }
         this.needs_reset.store(true, Ordering::Relaxed);
 
         // Restore the state saved at open, and reset if we can: resetting with the current
@@ -1002,6 +1037,33 @@ impl vfio::Driver for VfioPciCore {
     ) -> Result<usize> {
         let pdev = Self::pdev(vdev)?;
         this.rw(pdev, buf, count, pos, true)
+    }
+
+    /// `vfio_pci_core_mmap()`: BARs are mapped through a DMABUF.
+    fn mmap(vdev: &vfio::Device<Self, Bound>, this: Pin<&Self>, vma: &VmaNew) -> Result {
+        this.mmap(vdev, vma)
+    }
+
+    /// `vfio_pci_core_ioctl_feature()`.
+    fn device_feature(
+        vdev: &vfio::Device<Self, Bound>,
+        this: Pin<&Self>,
+        flags: u32,
+        arg: UserPtr,
+        argsz: usize,
+    ) -> Result<i32> {
+        match flags & uapi::VFIO_DEVICE_FEATURE_MASK {
+            uapi::VFIO_DEVICE_FEATURE_DMA_BUF if cfg!(CONFIG_VFIO_PCI_RUST_DMABUF) => {
+                this.feature_dma_buf(vdev, flags, arg, argsz)
+            }
+            uapi::VFIO_DEVICE_FEATURE_DMA_BUF_REVOKE => {
+                this.feature_dma_buf_revoke(flags, arg, argsz)
+            }
+            uapi::VFIO_DEVICE_FEATURE_DMA_BUF_MEMATTR => {
+                this.feature_dma_buf_memattr(flags, arg, argsz)
+            }
+            _ => Err(ENOTTY),
+        }
     }
 
     /// `vfio_pci_ioctl_get_region_info()`.

@@ -197,7 +197,7 @@ impl VfioPciCore {
             // Some devices (e.g. Intel X710) fail qword access to the ROM: use dwords at most.
             do_io_rw(
                 pdev,
-                &Target::Mapping(&rom, memory),
+                &Target::Mapping(&rom, memory.map(|lock| &**lock)),
                 buf,
                 off,
                 count,

@@ -7,7 +7,7 @@ cd "$(dirname "$0")/../.." || exit 1
 
 CLIENT=tests/client/target/release/vfio-test
 # Every KUnit suite the module must run; a missing one fails.
-KUNIT_SUITES=(rust_rwsem rust_vfio vfio_pci_rs_ids vfio_pci_rs_rdwr vfio_pci_rs_config)
+KUNIT_SUITES=(rust_rwsem rust_vfio vfio_pci_rs_ids vfio_pci_rs_rdwr vfio_pci_rs_config vfio_pci_rs_dmabuf)
 
 pass=0
 fail=0

@@ -213,7 +213,7 @@ pub fn wr(dev: &File, index: u32, off: u64, data: &[u8]) -> io::Result<usize> {
 }
 
 /// `ok <hex>` for a full read, `short <n> <hex>`, or the errno.
-fn show_rd(r: &io::Result<Vec<u8>>, want: usize) -> String {
+pub(crate) fn show_rd(r: &io::Result<Vec<u8>>, want: usize) -> String {
     match r {
         Ok(b) if b.len() == want => format!("ok {}", hex(b)),
         Ok(b) => format!("short {} {}", b.len(), hex(b)),
@@ -230,7 +230,7 @@ fn show_wr(r: &io::Result<usize>, want: usize) -> String {
 }
 
 /// How a successful result is shown in a failure: bytes in hex, counts as numbers.
-trait ShowOk {
+pub(crate) trait ShowOk {
     fn show_ok(&self) -> String;
 }
 
@@ -252,7 +252,7 @@ impl ShowOk for i32 {
     }
 }
 
-fn expect_errno<T: ShowOk>(r: &io::Result<T>, errno: i32) -> Result<(), String> {
+pub(crate) fn expect_errno<T: ShowOk>(r: &io::Result<T>, errno: i32) -> Result<(), String> {
     match r {
         Err(e) if e.raw_os_error() == Some(errno) => Ok(()),
         Err(e) => Err(format!(
@@ -337,7 +337,7 @@ fn fnv(b: &[u8]) -> u64 {
 /// silently did nothing cannot read back what an earlier run left behind.
 static RUN: AtomicU32 = AtomicU32::new(0);
 
-fn nonce_bytes(run: u32, len: usize, salt: u8) -> Vec<u8> {
+pub(crate) fn nonce_bytes(run: u32, len: usize, salt: u8) -> Vec<u8> {
     let seed = std::process::id()
         .wrapping_mul(2_654_435_761)
         .wrapping_add(run.wrapping_mul(40503))
@@ -1995,17 +1995,7 @@ fn sec_hot_reset_cdev(ck: &mut Ck, lay: &Layout) {
         "cdev-hot-reset",
     ];
     let opened = (|| -> Result<(File, File, u32), String> {
-        let name =
-            sysfs::vfio_cdev_name(&lay.bdf).map_err(|e| format!("vfio-dev: {}", err_name(&e)))?;
-        let dev = open_node(Path::new(&format!("/dev/vfio/devices/{name}")))?;
-        let iommufd = open_node(Path::new("/dev/iommu"))?;
-        let mut bind = uapi::VfioDeviceBindIommufd {
-            argsz: size_u32::<uapi::VfioDeviceBindIommufd>(),
-            iommufd: iommufd.as_raw_fd(),
-            ..Default::default()
-        };
-        sys::ioctl_struct::<uapi::DeviceBindIommufd>(&dev, &mut bind)
-            .map_err(|e| format!("BIND_IOMMUFD: {}", err_name(&e)))?;
+        let (dev, iommufd, devid) = cdev_bind_iommufd(&lay.bdf)?;
         let mut alloc = uapi::IommuIoasAlloc {
             size: size_u32::<uapi::IommuIoasAlloc>(),
             ..Default::default()
@@ -2019,7 +2009,7 @@ fn sec_hot_reset_cdev(ck: &mut Ck, lay: &Layout) {
         };
         sys::ioctl_struct::<uapi::DeviceAttachIommufdPt>(&dev, &mut attach)
             .map_err(|e| format!("ATTACH_IOMMUFD_PT: {}", err_name(&e)))?;
-        Ok((dev, iommufd, bind.out_devid))
+        Ok((dev, iommufd, devid))
     })();
     let (dev, _iommufd, devid) = match opened {
         Ok(x) => x,
@@ -2112,6 +2102,7 @@ fn probe(
     prefix: &str,
     lay: &Layout,
     other_group: Option<&File>,
+    driver: Driver,
 ) -> Vec<(String, String)> {
     let run = RUN.fetch_add(1, Ordering::Relaxed);
     let mut ck = Ck {
@@ -2143,6 +2134,8 @@ fn probe(
         }
     }
     sec_hot_reset_cdev(&mut ck, lay);
+    // BAR mmap (issue 4): its own opens, with every fd above closed.
+    crate::mmap::sec_mmap(&mut ck, lay, driver, run);
     ck.tr
 }
 
@@ -2276,7 +2269,7 @@ pub fn swap_phase(rep: &mut Reporter, twin: &Twin, drivers: &[Driver]) {
                     twin.name
                 ));
             }
-            let t = probe(rep, &subject, &prefix, &lay, other.as_ref());
+            let t = probe(rep, &subject, &prefix, &lay, other.as_ref(), d);
             drop(other);
             rep.note(&format!(
                 "{subject} {prefix}swap run on {bdf}: {} values in {:.1} s",
@@ -2414,4 +2407,19 @@ mod tests {
         assert_eq!(e, "config changed (offset: before/after): 0x1: 02/03");
         assert!(same_cfg(&Err("x".into()), &Ok(vec![])).is_err());
     }
+}
+
+/// Opens the device's cdev and binds it to a fresh iommufd: (device, iommufd, devid).
+pub(crate) fn cdev_bind_iommufd(bdf: &str) -> Result<(File, File, u32), String> {
+    let name = sysfs::vfio_cdev_name(bdf).map_err(|e| format!("vfio-dev: {}", err_name(&e)))?;
+    let dev = open_node(Path::new(&format!("/dev/vfio/devices/{name}")))?;
+    let iommufd = open_node(Path::new("/dev/iommu"))?;
+    let mut bind = uapi::VfioDeviceBindIommufd {
+        argsz: size_u32::<uapi::VfioDeviceBindIommufd>(),
+        iommufd: iommufd.as_raw_fd(),
+        ..Default::default()
+    };
+    sys::ioctl_struct::<uapi::DeviceBindIommufd>(&dev, &mut bind)
+        .map_err(|e| format!("BIND_IOMMUFD: {}", err_name(&e)))?;
+    Ok((dev, iommufd, bind.out_devid))
 }

@@ -13,6 +13,7 @@ mod cli;
 mod faultsafe;
 mod hold;
 mod mixed;
+mod mmap;
 mod report;
 mod stress;
 mod sys;

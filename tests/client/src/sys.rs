@@ -239,6 +239,55 @@ pub fn pci_hot_reset_raw(
     })
 }
 
+/// `VFIO_DEVICE_FEATURE` with the header `{argsz, flags}` followed by `data`, `argsz` as given
+/// (it may understate the data on purpose, for the bad-input checks). Returns what the ioctl
+/// returns (a new fd for a DMABUF export: the caller owns it).
+///
+/// The buffer always holds `max(argsz, 8 + data.len())` bytes, and for
+/// `VFIO_DEVICE_FEATURE_DMA_BUF` additionally every range the `nr_ranges` in `data` claims
+/// (zero-padded): the C handler reads `nr_ranges` ranges whatever `argsz` says. `nr_ranges` and
+/// `argsz` are capped at 4096 entries / 64 KiB for that reason.
+pub fn device_feature(dev: &impl AsRawFd, argsz: u32, flags: u32, data: &[u8]) -> io::Result<i32> {
+    let mut len = (8 + data.len()).max(argsz as usize);
+    if flags & uapi::VFIO_DEVICE_FEATURE_MASK == uapi::VFIO_DEVICE_FEATURE_DMA_BUF
+        && data.len() >= 16
+    {
+        let nr = u32::from_ne_bytes([data[12], data[13], data[14], data[15]]) as usize;
+        if nr > 4096 {
+            return Err(io::Error::from_raw_os_error(libc::E2BIG));
+        }
+        len = len.max(8 + 16 + 16 * nr);
+    }
+    if len > 65536 {
+        return Err(io::Error::from_raw_os_error(libc::E2BIG));
+    }
+    let mut words = vec![0u64; len.div_ceil(8)];
+    let mut bytes = vec![0u8; words.len() * 8];
+    bytes[..8].copy_from_slice(&uapi::FeatureBytes::to_bytes(&uapi::VfioDeviceFeature {
+        argsz,
+        flags,
+    }));
+    bytes[8..8 + data.len()].copy_from_slice(data);
+    for (w, c) in words.iter_mut().zip(bytes.chunks_exact(8)) {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(c);
+        *w = u64::from_ne_bytes(a);
+    }
+    let ptr = words.as_mut_ptr();
+    // SAFETY: `ptr` points to a live, exclusively borrowed, 8-byte aligned allocation of at
+    // least `len` bytes: argsz bytes, the data, and for DMA_BUF every range `nr_ranges` names
+    // (checked above), which bounds what any handler reads. Handlers write back at most argsz
+    // bytes (the DMA_BUF, revoke and memattr handlers write nothing). `dev` is a live
+    // descriptor. An fd returned is a new descriptor owned by the caller.
+    check(unsafe {
+        libc::ioctl(
+            dev.as_raw_fd(),
+            uapi::VFIO_DEVICE_FEATURE as libc::Ioctl,
+            ptr,
+        )
+    })
+}
+
 /// The symbolic name of an errno value, e.g. `EINVAL`.
 pub fn errno_name(errno: i32) -> String {
     let name = match errno {

@@ -306,6 +306,100 @@ pub struct IommuIoasAlloc {
 }
 pub const IOMMU_IOAS_ALLOC: u32 = io(IOMMUFD_TYPE, IOMMUFD_CMD_IOAS_ALLOC);
 
+// ---------------------------------------------------------------------------------------
+// VFIO_DEVICE_FEATURE and the DMABUF features
+// ---------------------------------------------------------------------------------------
+
+/// `VFIO_DEVICE_FEATURE`: argument `struct vfio_device_feature` followed by the feature's
+/// data.
+pub const VFIO_DEVICE_FEATURE: u32 = vfio_io(17);
+
+/// `struct vfio_device_feature` (the header; `data[]` follows).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct VfioDeviceFeature {
+    pub argsz: u32,
+    pub flags: u32,
+}
+pub const VFIO_DEVICE_FEATURE_MASK: u32 = 0xffff;
+pub const VFIO_DEVICE_FEATURE_GET: u32 = 1 << 16;
+pub const VFIO_DEVICE_FEATURE_SET: u32 = 1 << 17;
+pub const VFIO_DEVICE_FEATURE_PROBE: u32 = 1 << 18;
+
+/// Linux 7.3: GET creates a DMABUF fd for ranges of a BAR.
+pub const VFIO_DEVICE_FEATURE_DMA_BUF: u32 = 11;
+/// This project (issue 4): SET revokes an exported DMABUF for good. Data:
+/// [`VfioDeviceFeatureDmaBufRevoke`]. Not in 7.3: the C vfio-pci answers ENOTTY.
+pub const VFIO_DEVICE_FEATURE_DMA_BUF_REVOKE: u32 = 14;
+/// This project (issue 4): SET the memory attribute of later mmap()s of an exported DMABUF.
+/// Data: [`VfioDeviceFeatureDmaBufMemattr`]. Not in 7.3: the C vfio-pci answers ENOTTY.
+pub const VFIO_DEVICE_FEATURE_DMA_BUF_MEMATTR: u32 = 15;
+/// `memattr` values: non-cached (the default) and write-combining.
+pub const VFIO_DEVICE_FEATURE_DMA_BUF_MEMATTR_NC: u32 = 0;
+pub const VFIO_DEVICE_FEATURE_DMA_BUF_MEMATTR_WC: u32 = 1;
+
+/// The bytes of a `#[repr(C)]` feature structure of this section (integers only, no padding),
+/// as the kernel reads them.
+pub trait FeatureBytes: Copy {
+    fn to_bytes(&self) -> Vec<u8>;
+}
+
+macro_rules! feature_bytes {
+    ($($t:ty),*) => {$(
+        impl FeatureBytes for $t {
+            fn to_bytes(&self) -> Vec<u8> {
+                let p: *const $t = self;
+                // SAFETY: `$t` is a #[repr(C)] struct of integers without padding (its size
+                // is pinned by the layout tests), so all its size_of bytes are initialized
+                // and readable for the lifetime of `self`.
+                unsafe { core::slice::from_raw_parts(p.cast::<u8>(), core::mem::size_of::<$t>()) }
+                    .to_vec()
+            }
+        }
+    )*};
+}
+
+feature_bytes!(
+    VfioDeviceFeature,
+    VfioRegionDmaRange,
+    VfioDeviceFeatureDmaBuf,
+    VfioDeviceFeatureDmaBufRevoke,
+    VfioDeviceFeatureDmaBufMemattr
+);
+
+/// `struct vfio_region_dma_range`.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VfioRegionDmaRange {
+    pub offset: u64,
+    pub length: u64,
+}
+
+/// `struct vfio_device_feature_dma_buf` (the fixed part; `dma_ranges[nr_ranges]` follows).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct VfioDeviceFeatureDmaBuf {
+    pub region_index: u32,
+    pub open_flags: u32,
+    pub flags: u32,
+    pub nr_ranges: u32,
+}
+
+/// `struct vfio_device_feature_dma_buf_revoke` (this project).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct VfioDeviceFeatureDmaBufRevoke {
+    pub dmabuf_fd: i32,
+}
+
+/// `struct vfio_device_feature_dma_buf_memattr` (this project).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct VfioDeviceFeatureDmaBufMemattr {
+    pub dmabuf_fd: i32,
+    pub memattr: u32,
+}
+
 /// A structure passed by pointer to a VFIO/IOMMUFD ioctl, whose first field is the size the
 /// kernel may access (`argsz` in VFIO, `size` in IOMMUFD).
 ///
@@ -554,6 +648,28 @@ mod tests {
         assert_eq!(offset_of!(VfioDeviceAttachIommufdPt, flags), 4);
         assert_eq!(offset_of!(VfioDeviceAttachIommufdPt, pt_id), 8);
         assert_eq!(offset_of!(VfioDeviceAttachIommufdPt, pasid), 12);
+    }
+
+    #[test]
+    fn feature_layouts() {
+        assert_eq!(VFIO_DEVICE_FEATURE, 0x3b75);
+        assert_eq!(size_of::<VfioDeviceFeature>(), 8);
+        assert_eq!(size_of::<VfioRegionDmaRange>(), 16);
+        assert_eq!(offset_of!(VfioRegionDmaRange, length), 8);
+        assert_eq!(size_of::<VfioDeviceFeatureDmaBuf>(), 16);
+        assert_eq!(offset_of!(VfioDeviceFeatureDmaBuf, open_flags), 4);
+        assert_eq!(offset_of!(VfioDeviceFeatureDmaBuf, flags), 8);
+        assert_eq!(offset_of!(VfioDeviceFeatureDmaBuf, nr_ranges), 12);
+        assert_eq!(size_of::<VfioDeviceFeatureDmaBufRevoke>(), 4);
+        assert_eq!(size_of::<VfioDeviceFeatureDmaBufMemattr>(), 8);
+        assert_eq!(offset_of!(VfioDeviceFeatureDmaBufMemattr, memattr), 4);
+        assert_eq!(
+            VFIO_DEVICE_FEATURE_PROBE | VFIO_DEVICE_FEATURE_GET,
+            0x5_0000
+        );
+        // 13 is 7.3's VFIO_DEVICE_FEATURE_ZPCI_ERROR (the series' v4 number for revoke).
+        assert_eq!(VFIO_DEVICE_FEATURE_DMA_BUF_REVOKE, 14);
+        assert_eq!(VFIO_DEVICE_FEATURE_DMA_BUF_MEMATTR, 15);
     }
 
     #[test]

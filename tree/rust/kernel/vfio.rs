@@ -21,6 +21,7 @@ use crate::{
     error::{from_err_ptr, from_result, to_result},
     ffi::{c_char, c_int, c_long, c_uint, c_ulong, c_void},
     ioctl::_IO,
+    mm::virt::VmaNew,
     pci,
     prelude::*,
     sync::aref::{ARef, AlwaysRefCounted},
@@ -116,6 +117,46 @@ pub trait Driver: Sized + Send + Sync + 'static {
     ) -> Result {
         Err(EINVAL)
     }
+
+    /// `VFIO_DEVICE_FEATURE` for a feature the VFIO core does not handle itself: `flags` as
+    /// the user passed them, `arg` and `argsz` the data after the header. The core answers
+    /// `ENOTTY` for drivers without features.
+    fn device_feature(
+        _device: &Device<Self, device::Bound>,
+        _data: Pin<&Self::Data>,
+        _flags: u32,
+        _arg: UserPtr,
+        _argsz: usize,
+    ) -> Result<i32> {
+        Err(ENOTTY)
+    }
+
+    /// `mmap()` of the device file: `vma` is being set up, with the page offset the user
+    /// passed. The core answers `EINVAL` for drivers without mmap.
+    fn mmap(
+        _device: &Device<Self, device::Bound>,
+        _data: Pin<&Self::Data>,
+        _vma: &VmaNew,
+    ) -> Result {
+        Err(EINVAL)
+    }
+}
+
+/// Checks the operations a `VFIO_DEVICE_FEATURE` call asks for (`vfio_check_feature()`):
+/// `Ok(false)` when it only probes for `supported` operations (answer 0), `Ok(true)` when it
+/// asks for one of them with at least `minsz` bytes of data, `EINVAL` otherwise.
+pub fn check_feature(flags: u32, argsz: usize, supported: u32, minsz: usize) -> Result<bool> {
+    let ops = flags & (uapi::VFIO_DEVICE_FEATURE_GET | uapi::VFIO_DEVICE_FEATURE_SET);
+    if ops & !supported != 0 {
+        return Err(EINVAL);
+    }
+    if flags & uapi::VFIO_DEVICE_FEATURE_PROBE != 0 {
+        return Ok(false);
+    }
+    if ops == 0 || argsz < minsz {
+        return Err(EINVAL);
+    }
+    Ok(true)
 }
 
 /// A VFIO device: a [`struct vfio_device`] allocated by the VFIO core.
@@ -676,7 +717,7 @@ pub fn write_arg<A: AsBytes>(arg: UserPtr, val: &A, len: usize) -> Result {
 macro_rules! impl_ioctl_arg {
     ($($t:ty),* $(,)?) => {
         $(
-            // SAFETY: A uAPI struct of `__u32`/`__u64` fields laid out without padding: every
+            // SAFETY: A uAPI struct of `__u32`/`__s32`/`__u64` fields (and flexible arrays) laid out without padding: every
             // bit pattern is valid and no byte is uninitialised.
             unsafe impl FromBytes for $t {}
             // SAFETY: See `FromBytes` above.
@@ -694,6 +735,10 @@ impl_ioctl_arg!(
     uapi::vfio_pci_hot_reset_info,
     uapi::vfio_pci_dependent_device,
     uapi::vfio_pci_hot_reset,
+    uapi::vfio_device_feature_dma_buf,
+    uapi::vfio_region_dma_range,
+    uapi::vfio_device_feature_dma_buf_revoke,
+    uapi::vfio_device_feature_dma_buf_memattr,
 );
 
 /// The VFIO device operations built from a [`Driver`].
@@ -708,6 +753,8 @@ impl<T: Driver> VTable<T> {
         read: Some(Self::read),
         write: Some(Self::write),
         get_region_info_caps: Some(Self::get_region_info_caps),
+        device_feature: Some(Self::device_feature),
+        mmap: Some(Self::mmap),
         bind_iommufd: Some(bindings::vfio_iommufd_physical_bind),
         unbind_iommufd: Some(bindings::vfio_iommufd_physical_unbind),
         attach_ioas: Some(bindings::vfio_iommufd_physical_attach_ioas),
@@ -827,6 +874,47 @@ impl<T: Driver> VTable<T> {
             unsafe { dev.with_data(|data| T::get_region_info(dev, data, info, &mut chain)) }?;
             // SAFETY: The VFIO core passes an empty chain that it frees after the call.
             unsafe { core::ptr::swap(caps, &raw mut chain.caps) };
+            Ok(0)
+        })
+    }
+
+    /// # Safety
+    ///
+    /// Called by the VFIO core with a registered `vfio_device` of a [`Device<T>`].
+    unsafe extern "C" fn device_feature(
+        vdev: *mut bindings::vfio_device,
+        flags: u32,
+        arg: *mut c_void,
+        argsz: usize,
+    ) -> c_int {
+        // SAFETY: By the safety requirements, `vdev` belongs to a live, registered `Device<T>`.
+        let dev = unsafe { Device::<T, device::Bound>::from_raw(vdev) };
+        let arg = UserPtr::from_ptr(arg);
+        from_result(|| {
+            // SAFETY: We are in a callback of a registered device.
+            unsafe { dev.with_data(|data| T::device_feature(dev, data, flags, arg, argsz)) }
+        })
+    }
+
+    /// # Safety
+    ///
+    /// Called by the VFIO core from `mmap()` of the file of a registered `vfio_device` of a
+    /// [`Device<T>`], with a VMA being set up.
+    unsafe extern "C" fn mmap(
+        vdev: *mut bindings::vfio_device,
+        vma: *mut bindings::vm_area_struct,
+    ) -> c_int {
+        // SAFETY: By the safety requirements, `vdev` belongs to a live, registered `Device<T>`
+        // and `vma` is being set up by `mmap()`.
+        let (dev, vma) = unsafe {
+            (
+                Device::<T, device::Bound>::from_raw(vdev),
+                VmaNew::from_raw(vma),
+            )
+        };
+        from_result(|| {
+            // SAFETY: We are in a callback of a registered device.
+            unsafe { dev.with_data(|data| T::mmap(dev, data, vma)) }?;
             Ok(0)
         })
     }

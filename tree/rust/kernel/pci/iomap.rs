@@ -11,6 +11,7 @@
 use super::Device;
 use crate::{
     bindings, device,
+    dma_buf::PhysRange,
     ffi::{c_ulong, c_void},
     prelude::*,
     sync::aref::ARef,
@@ -197,6 +198,7 @@ impl Device<device::Bound> {
 /// `res` is registered as a child of the BAR's resource parent and released on drop.
 pub struct PageTailReservation {
     res: KBox<crate::types::Opaque<bindings::resource>>,
+    bar: u32,
 }
 
 // SAFETY: The reservation is only touched at creation and drop, under the resource lock.
@@ -251,7 +253,39 @@ impl Device<device::Bound> {
             return Err(EBUSY);
         }
         // INVARIANT: `tail` was just registered.
-        Ok(PageTailReservation { res: tail })
+        Ok(PageTailReservation { res: tail, bar })
+    }
+
+    /// The physical span `offset..offset + len` of memory BAR `bar`, for a buffer that maps it
+    /// to userspace (`vfio_pci_core_fill_phys_vec()`). The span may reach the end of the
+    /// BAR's last page when `tail` reserves the rest of that page. Fails with `EOVERFLOW` when
+    /// the addresses overflow, and `EINVAL` for an empty span, one past the end, one not page
+    /// aligned, or a BAR that is not memory.
+    pub fn bar_phys_range(
+        &self,
+        bar: u32,
+        offset: u64,
+        len: u64,
+        tail: Option<&PageTailReservation>,
+    ) -> Result<PhysRange> {
+        if !self.resource_flags(bar)?.is_mem() || len == 0 {
+            return Err(EINVAL);
+        }
+        let bar_start = self.resource_start(bar)?;
+        let bar_len = self.resource_len(bar)?;
+        let start = bar_start.checked_add(offset).ok_or(EOVERFLOW)?;
+        let end = start.checked_add(len).ok_or(EOVERFLOW)?;
+        let page = crate::page::PAGE_SIZE as u64;
+        let limit = match tail {
+            Some(tail) if tail.bar == bar => bar_len.next_multiple_of(page),
+            _ => bar_len,
+        };
+        if end > bar_start + limit || start % page != 0 || len % page != 0 {
+            return Err(EINVAL);
+        }
+        // SAFETY: The span is page aligned, not empty, and inside memory BAR `bar` of this
+        // bound device (or the rest of its page, which `tail` keeps from other resources).
+        Ok(unsafe { PhysRange::new(start, len) })
     }
 }
 
