@@ -41,7 +41,7 @@ fn main() -> ExitCode {
     };
     match cmd {
         Cmd::Help => {
-            print!("{}", cli::USAGE);
+            print!("{}{}", cli::USAGE, bench::USAGE);
             ExitCode::SUCCESS
         }
         Cmd::Bind { bdf, driver } => {
