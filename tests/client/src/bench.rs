@@ -233,12 +233,42 @@ fn fault_span(dev: &File, off: u64, len: u64, skew: u64) -> Result<Sample, Strin
     }
     let t = t0.elapsed();
     let faults = faultsafe::minflt() - f0;
+    if std::env::var_os("VFIO_TEST_PTDUMP").is_some() {
+        ptdump(m.addr, m.len);
+    }
     drop(m);
     Ok(Sample {
         score: len as f64 / t.as_secs_f64() / 1e9,
         shown: len as f64 / t.as_secs_f64() / 1e9,
         faults: Some(faults),
     })
+}
+
+/// The lines of the current process's page-table dump (PTDUMP_DEBUGFS) that cover
+/// `addr..addr + len`: page size and cache attributes as the CPU sees them.
+fn ptdump(addr: u64, len: u64) {
+    let Ok(dump) = std::fs::read_to_string("/sys/kernel/debug/page_tables/current_user") else {
+        println!("# ptdump: /sys/kernel/debug/page_tables/current_user unreadable");
+        return;
+    };
+    let mut shown = 0;
+    for l in dump.lines() {
+        let Some((a, rest)) = l.trim_start_matches("0x").split_once('-') else {
+            continue;
+        };
+        let b = rest
+            .trim_start_matches("0x")
+            .split_whitespace()
+            .next()
+            .unwrap_or("");
+        let (Ok(a), Ok(b)) = (u64::from_str_radix(a, 16), u64::from_str_radix(b, 16)) else {
+            continue;
+        };
+        if a < addr + len && b > addr && shown < 4 {
+            println!("# ptdump 0x{addr:x}+0x{len:x}: {l}");
+            shown += 1;
+        }
+    }
 }
 
 /// 64 live 2 MiB mappings, all touched; then ITER times: COMMAND.MEM clear + set (timed:
