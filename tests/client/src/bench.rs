@@ -352,6 +352,10 @@ fn bench_run(bdf: &str, driver: Driver) -> Result<Vec<Result<Sample, String>>, S
     let dev = &gd.device;
     let (size, off) = bar_region(dev, BAR)?;
     set_mem(dev, command(dev)?, true)?;
+    // Binding sends uevents; udev handles them on the guest's only vCPU. Let that finish
+    // before timing anything, or the first measure pays for it.
+    let _ = std::process::Command::new("udevadm").arg("settle").status();
+    std::thread::sleep(Duration::from_secs(1));
     let mut out = vec![
         fault_span(dev, off, size.min(G1), 0),
         fault_span(dev, off, size.min(G1), M2),
