@@ -117,6 +117,10 @@ struct VfioPciCore {
     memory_lock: Arc<vfio_pci_dmabuf::MemoryLock>,
     /// The DMABUFs of the function's BARs: its mmap()s and exports.
     dmabufs: Arc<vfio_pci_dmabuf::DmaBufs>,
+    /// BARs userspace may mmap (`bar_mmap_supported`). Written by `open_device` before any
+    /// ioctl or mmap() can run and cleared by `close_device` after the last, so readers need
+    /// no lock.
+    bar_mmap_supported: [AtomicBool; 6],
     /// The function is a VGA device whose legacy ranges are offered (`has_vga`).
     has_vga: bool,
     /// Idle functions are left in D0 (`disable_idle_d3`).
@@ -223,6 +227,7 @@ impl VfioPciCore {
                 config <- new_mutex!(vfio_pci_config::ConfigState::new()),
                 memory_lock,
                 dmabufs,
+                bar_mmap_supported: [const { AtomicBool::new(false) }; 6],
                 has_vga: cfg!(CONFIG_VFIO_PCI_VGA) && !params.disable_vga && is_vga(pdev),
                 disable_idle_d3: params.disable_idle_d3,
                 nointxmask: params.nointxmask,
@@ -557,8 +562,7 @@ impl VfioPciCore {
                     return Ok(());
                 }
                 info.flags = read_write;
-                let mmap = self.memory_lock.read().bar_mmap_supported[index as usize];
-                if mmap {
+                if self.bar_mmap_supported[index as usize].load(Ordering::Relaxed) {
                     info.flags |= uapi::VFIO_REGION_INFO_FLAG_MMAP;
                     if self.open.lock().msix.is_some_and(|msix| msix.bar == index) {
                         caps.add(&uapi::vfio_info_cap_header {
@@ -611,10 +615,10 @@ impl VfioPciCore {
 
     /// Finds which BARs userspace may mmap (`vfio_pci_probe_mmaps()`): memory BARs of a page or
     /// more, and smaller ones that start a page, whose rest of the page is then reserved.
-    fn probe_mmaps(pdev: &pci::Device<Bound>, memory: &mut MemoryState) {
+    fn probe_mmaps(&self, pdev: &pci::Device<Bound>, memory: &mut MemoryState) {
         for bar in 0..6u32 {
             let i = bar as usize;
-            memory.bar_mmap_supported[i] = false;
+            self.bar_mmap_supported[i].store(false, Ordering::Relaxed);
             let (Ok(flags), Ok(len)) = (pdev.resource_flags(bar), pdev.resource_len(bar)) else {
                 continue;
             };
@@ -622,12 +626,12 @@ impl VfioPciCore {
                 continue;
             }
             if len >= kernel::page::PAGE_SIZE as u64 {
-                memory.bar_mmap_supported[i] = true;
+                self.bar_mmap_supported[i].store(true, Ordering::Relaxed);
                 continue;
             }
             if let Ok(reservation) = pdev.reserve_bar_page_tail(bar) {
                 memory.page_tail_reservations[i] = Some(reservation);
-                memory.bar_mmap_supported[i] = true;
+                self.bar_mmap_supported[i].store(true, Ordering::Relaxed);
             }
         }
     }
@@ -931,7 +935,7 @@ impl vfio::Driver for VfioPciCore {
             saved_state,
             msix: msix_location(pdev),
         };
-        Self::probe_mmaps(pdev, &mut this.memory_lock.write());
+        this.probe_mmaps(pdev, &mut this.memory_lock.write());
         Ok(())
     }
 
@@ -945,6 +949,9 @@ impl vfio::Driver for VfioPciCore {
             return;
         };
         this.dma_buf_cleanup();
+        for mmap in &this.bar_mmap_supported {
+            mmap.store(false, Ordering::Relaxed);
+        }
         let mut open = this.open.lock();
 
         // A function reset, e.g. a PM reset, fails outside D0; and a NoSoftRst- function gets
@@ -962,7 +969,6 @@ impl vfio::Driver for VfioPciCore {
         {
             let mut memory = this.memory_lock.write();
             memory.bars = core::array::from_fn(|_| Err(ENODEV));
-            memory.bar_mmap_supported = [false; 6];
             memory.page_tail_reservations = [const { None }; 6];
         }
         this.needs_reset.store(true, Ordering::Relaxed);

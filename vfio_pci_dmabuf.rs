@@ -318,10 +318,10 @@ impl VfioPciCore {
         let req_len = (vma.end() - vma.start()) as u64;
         let req_start = ((pgoff & ((1 << index_shift) - 1)) as u64) << PAGE_SHIFT;
         let range = {
-            let memory = self.memory_lock.read();
-            if !memory.bar_mmap_supported[index as usize] {
+            if !self.bar_mmap_supported[index as usize].load(Ordering::Relaxed) {
                 return Err(EINVAL);
             }
+            let memory = self.memory_lock.read();
             if req_start
                 .checked_add(req_len)
                 .is_none_or(|end| end > phys_len)

@@ -38,11 +38,9 @@ pub(crate) struct MemoryState {
     pub(crate) pm_save: Option<pci::SavedState>,
     /// BAR0-5 mapped for read and write while the function is open (`barmap`), or why not.
     pub(crate) bars: [Result<pci::IoMapping>; 6],
-    /// BARs userspace may mmap (`bar_mmap_supported`), set at open. Here rather than with the
-    /// open state because mmap() runs under `mmap_lock`, which the open state's holders may
-    /// take by touching user memory.
-    pub(crate) bar_mmap_supported: [bool; 6],
-    /// The rest of the page of sub-page BARs, held while the function is open.
+    /// The rest of the page of sub-page BARs, held while the function is open. Here rather
+    /// than with the open state because mmap() runs under `mmap_lock`, which the config
+    /// state's holders may take by touching user memory.
     pub(crate) page_tail_reservations: [Option<pci::PageTailReservation>; 6],
 }
 
@@ -54,7 +52,6 @@ impl MemoryState {
             needs_pm_restore: false,
             pm_save: None,
             bars: [const { Err(ENODEV) }; 6],
-            bar_mmap_supported: [false; 6],
             page_tail_reservations: [const { None }; 6],
         }
     }

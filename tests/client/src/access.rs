@@ -2305,6 +2305,21 @@ pub fn swap_phase(rep: &mut Reporter, twin: &Twin, drivers: &[Driver]) {
     }
 }
 
+/// Opens the device's cdev and binds it to a fresh iommufd: (device, iommufd, devid).
+pub(crate) fn cdev_bind_iommufd(bdf: &str) -> Result<(File, File, u32), String> {
+    let name = sysfs::vfio_cdev_name(bdf).map_err(|e| format!("vfio-dev: {}", err_name(&e)))?;
+    let dev = open_node(Path::new(&format!("/dev/vfio/devices/{name}")))?;
+    let iommufd = open_node(Path::new("/dev/iommu"))?;
+    let mut bind = uapi::VfioDeviceBindIommufd {
+        argsz: size_u32::<uapi::VfioDeviceBindIommufd>(),
+        iommufd: iommufd.as_raw_fd(),
+        ..Default::default()
+    };
+    sys::ioctl_struct::<uapi::DeviceBindIommufd>(&dev, &mut bind)
+        .map_err(|e| format!("BIND_IOMMUFD: {}", err_name(&e)))?;
+    Ok((dev, iommufd, bind.out_devid))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -2407,19 +2422,4 @@ mod tests {
         assert_eq!(e, "config changed (offset: before/after): 0x1: 02/03");
         assert!(same_cfg(&Err("x".into()), &Ok(vec![])).is_err());
     }
-}
-
-/// Opens the device's cdev and binds it to a fresh iommufd: (device, iommufd, devid).
-pub(crate) fn cdev_bind_iommufd(bdf: &str) -> Result<(File, File, u32), String> {
-    let name = sysfs::vfio_cdev_name(bdf).map_err(|e| format!("vfio-dev: {}", err_name(&e)))?;
-    let dev = open_node(Path::new(&format!("/dev/vfio/devices/{name}")))?;
-    let iommufd = open_node(Path::new("/dev/iommu"))?;
-    let mut bind = uapi::VfioDeviceBindIommufd {
-        argsz: size_u32::<uapi::VfioDeviceBindIommufd>(),
-        iommufd: iommufd.as_raw_fd(),
-        ..Default::default()
-    };
-    sys::ioctl_struct::<uapi::DeviceBindIommufd>(&dev, &mut bind)
-        .map_err(|e| format!("BIND_IOMMUFD: {}", err_name(&e)))?;
-    Ok((dev, iommufd, bind.out_devid))
 }
