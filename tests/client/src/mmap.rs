@@ -28,6 +28,7 @@ use crate::access::{self, cfg_get, cfg_set, ivshmem_files, rd, wr, Ck, Layout};
 use crate::cfgspace::*;
 use crate::checks::{get_info, open_via_group, suspicious_lines, Quiet};
 use crate::cli::Driver;
+use crate::faultsafe::Reserve;
 use crate::sys::{self, err_name, errno_name};
 use crate::sysfs;
 use crate::uapi::{self, region_offset, FeatureBytes};
@@ -129,47 +130,6 @@ fn map_shared(fd: &impl AsRawFd, len: u64, off: u64) -> io::Result<Map> {
         libc::MAP_SHARED,
         off,
     )
-}
-
-/// An inaccessible anonymous reservation of address space, to place mappings at chosen
-/// alignments.
-struct Reserve {
-    addr: u64,
-    len: usize,
-}
-
-impl Reserve {
-    fn new(len: u64) -> io::Result<Reserve> {
-        // SAFETY: a new anonymous PROT_NONE mapping, nothing is placed over existing memory.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len as usize,
-                libc::PROT_NONE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(Reserve {
-            addr: p as u64,
-            len: len as usize,
-        })
-    }
-}
-
-impl Drop for Reserve {
-    fn drop(&mut self) {
-        // SAFETY: the whole reservation, mappings placed in it included, belongs to this
-        // object; every Map inside it was dropped first (they borrow nothing but are created
-        // and dropped within the reservation's scope).
-        unsafe {
-            libc::munmap(self.addr as *mut libc::c_void, self.len);
-        }
-    }
 }
 
 fn show_map(r: &io::Result<Map>) -> String {
