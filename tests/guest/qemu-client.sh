@@ -62,10 +62,10 @@ passthrough() {
 	fi
 	echo "# $t: $(lspci -nns "${bdf#0000:}")"
 
+	# Streamed: the VM's stall watchdog wants output while TCG-in-TCG is slow.
 	/usr/bin/python3 "$QV" --bdf "$bdf" --out "$dir" --machine "$QEMU_MACHINE" \
-		--timeout "$QEMU_TIMEOUT" > "$dir/result" 2>&1
+		--timeout "$QEMU_TIMEOUT" 2>&1 | tee "$dir/result" | sed -u 's/^/#   /'
 	r=$dir/result
-	sed 's/^/#   /' "$r"
 	if [ -n "$(key "$r" realize_s)" ]; then
 		ok "$t: qemu realized -device vfio-pci,host=$bdf (QMP up after $(key "$r" realize_s) s)"
 	else
@@ -136,8 +136,10 @@ for name in $QEMU_DEVICES; do
 	# Parity: the same flattened tree for the device on both drivers, BDF aside.
 	c=$OUT/$name-vfio-pci/mtree-dev.txt
 	rs=$OUT/$name-vfio-pci-rs/mtree-dev.txt
-	if [ -s "$c" ] && [ -e "$OUT/$name-vfio-pci-rs" ]; then
-		if [ -s "$rs" ] && diff <(sed "s/${pair%,*}/BDF/g" "$c") <(sed "s/${pair#*,}/BDF/g" "$rs") \
+	if [ -e "$OUT/$name-vfio-pci" ] && [ -e "$OUT/$name-vfio-pci-rs" ]; then
+		if [ ! -s "$c" ] || [ ! -s "$rs" ]; then
+			bad "$name parity: no info mtree -f lines from$([ -s "$c" ] || echo " vfio-pci")$([ -s "$rs" ] || echo " vfio-pci-rs")"
+		elif diff <(sed "s/${pair%,*}/BDF/g" "$c") <(sed "s/${pair#*,}/BDF/g" "$rs") \
 			> "$OUT/$name-parity.diff"; then
 			ok "$name parity: info mtree -f lines for the device are the same on vfio-pci and vfio-pci-rs"
 		else

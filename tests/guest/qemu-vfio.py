@@ -35,7 +35,8 @@ import subprocess
 import sys
 import time
 
-UNMAPPED = (1 << 64) - 1
+# query-pci gives an unassigned BAR the address PCI_BAR_UNMAPPED (~0), as -1 in QMP's int64.
+UNMAPPED = (-1, (1 << 64) - 1)
 
 
 class Qmp:
@@ -153,7 +154,12 @@ def main():
         now = time.monotonic()
         if now - last[0] >= 30:
             last[0] = now
-            out("#", f"{now - t0:.0f} s: waiting for {what}")
+            try:
+                with open(os.path.join(a.out, "seabios.log"), errors="replace") as f:
+                    bios = (f.read().strip().splitlines() or [""])[-1][:100]
+            except OSError:
+                bios = ""
+            out("#", f"{now - t0:.0f} s: waiting for {what}; SeaBIOS log: {bios}")
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=err, stderr=subprocess.STDOUT)
     deadline = t0 + a.timeout
     qmp = None
@@ -170,7 +176,7 @@ def main():
             if dev_info is None:
                 raise RuntimeError("hostdev0 not in query-pci")
             regions = dev_info.get("regions", [])
-            if regions and all(r["address"] != UNMAPPED for r in regions):
+            if regions and all(r["address"] not in UNMAPPED for r in regions):
                 break
             if time.monotonic() > deadline:
                 raise RuntimeError("BARs not programmed after %.0f s: %s" % (
@@ -231,6 +237,12 @@ def main():
                     text.strip().splitlines() or [""])[-1][:100])
                 time.sleep(1)
     except (RuntimeError, OSError, ValueError) as e:
+        try:
+            proc.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            pass
+        if proc.poll() is not None and not isinstance(e, RuntimeError):
+            e = f"qemu exited with {proc.returncode} ({e})"
         out("error", str(e).replace("\n", " "))
         ok = False
 
