@@ -64,7 +64,7 @@ passthrough() {
 
 	# Streamed: the VM's stall watchdog wants output while TCG-in-TCG is slow.
 	/usr/bin/python3 "$QV" --bdf "$bdf" --out "$dir" --machine "$QEMU_MACHINE" \
-		--timeout "$QEMU_TIMEOUT" 2>&1 | tee "$dir/result" | sed -u 's/^/#   /'
+		--timeout "$QEMU_TIMEOUT" --bios-done 'No bootable device' 2>&1 | tee "$dir/result" | sed -u 's/^/#   /'
 	r=$dir/result
 	if [ -n "$(key "$r" realize_s)" ]; then
 		ok "$t: qemu realized -device vfio-pci,host=$bdf (QMP up after $(key "$r" realize_s) s)"
@@ -75,8 +75,8 @@ passthrough() {
 	bars_s=$(key "$r" bars_s)
 	if [ -n "$bars_s" ]; then
 		ok "$t: SeaBIOS programmed every BAR after $bars_s s: $(sed -n 's/^bar //p' "$r" | awk '{ printf "%sBAR%s %s %s", (NR > 1 ? ", " : ""), $1, $2, $3 }')"
-		grep -a "bdf=00:01.0\|bdf=00:02.0\|option rom\|Option ROM\|VGA" "$dir/seabios.log" 2>/dev/null |
-			head -n 12 | sed 's/^/#   seabios: /'
+		grep -aiE "bdf=00:0[1-9]|option rom|vga" "$dir/seabios.log" 2>/dev/null |
+			head -n 20 | sed 's/^/#   seabios: /'
 	elif [ -n "$(key "$r" realize_s)" ]; then
 		bad "$t: BARs not programmed: $(key "$r" error)"
 	fi
@@ -93,6 +93,13 @@ passthrough() {
 		sed 's/^/#   mtree: /' "$dir/mtree-dev.txt"
 	elif [ -n "$bars_s" ]; then
 		bad "$t: info mtree -f: $(key "$r" error)"
+	fi
+	# SeaBIOS's log up to its first boot attempt, for the parity check.
+	sed '/No bootable device/q' "$dir/seabios.log" > "$dir/seabios-post.log" 2>/dev/null
+	if [ -n "$(key "$r" bios_s)" ]; then
+		ok "$t: SeaBIOS finished POST (option ROMs run, boot attempted) after $(key "$r" bios_s) s"
+	elif [ -n "$(key "$r" mtree_s)" ]; then
+		bad "$t: SeaBIOS did not finish POST: $(key "$r" error)"
 	fi
 	if [ "$(key "$r" exit)" = 0 ] && [ -n "$(key "$r" realize_s)" ]; then
 		ok "$t: qemu quit, exit status 0 ($(key "$r" total_s) s in all)"
@@ -145,6 +152,14 @@ for name in $QEMU_DEVICES; do
 		else
 			bad "$name parity: info mtree -f differs (vfio-pci < > vfio-pci-rs):"
 			sed 's/^/#   /' "$OUT/$name-parity.diff"
+		fi
+		# What the nested firmware saw: the same PCI probing, BARs and option ROMs.
+		if diff "$OUT/$name-vfio-pci/seabios-post.log" "$OUT/$name-vfio-pci-rs/seabios-post.log" \
+			> "$OUT/$name-seabios.diff" && [ -s "$OUT/$name-vfio-pci/seabios-post.log" ]; then
+			ok "$name parity: the nested SeaBIOS logs the same POST on vfio-pci and vfio-pci-rs"
+		else
+			bad "$name parity: the nested SeaBIOS POST differs (vfio-pci < > vfio-pci-rs):"
+			sed 's/^/#   /' "$OUT/$name-seabios.diff" | head -n 30
 		fi
 	fi
 done

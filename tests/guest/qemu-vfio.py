@@ -4,7 +4,7 @@
 Runs in the test VM (tests/guest/qemu-client.sh, tests/guest/demo.sh); python3 stdlib only.
 
     qemu-vfio.py --bdf BDF --out DIR [--machine q35] [--timeout SECS]
-                 [--kernel BZIMAGE --initrd CPIO --append ARGS --console-done REGEX]
+                 [--bios-done REGEX] [--kernel BZIMAGE --initrd CPIO --append ARGS --console-done REGEX]
                  [--iommufd]
 
 Starts qemu-system-x86_64 -accel tcg with no disk (SeaBIOS only, or a kernel and initramfs),
@@ -18,7 +18,9 @@ Prints `key value` lines on stdout (the shell script decides PASS/FAIL):
     realize_s S           QMP answered: QEMU realized the device (seconds from start)
     bars_s S              all BARs of hostdev0 have an address
     mtree_s S             `info mtree -f` has every memory BAR (seconds from start)
-    bar N TYPE ADDR SIZE  each BAR as the nested firmware programmed it
+    bar N TYPE ADDR SIZE  each BAR as the nested firmware programmed it (not the ROM BAR,
+                          which SeaBIOS disables again once it has copied the option ROM)
+    bios_s S              REGEX appeared in the SeaBIOS log (--bios-done)
     console_s S           the console REGEX appeared (--kernel)
     exit CODE             QEMU's exit status after quit (or after it died)
     error TEXT            what went wrong (QEMU's stderr is in DIR/qemu.err)
@@ -112,6 +114,8 @@ def main():
     ap.add_argument("--kernel")
     ap.add_argument("--initrd")
     ap.add_argument("--append", default="")
+    ap.add_argument("--bios-done", help="regex in the SeaBIOS log (port 0x402) to wait for "
+                    "after the BARs (e.g. 'No bootable device': POST and option ROMs done)")
     ap.add_argument("--console-done", help="regex on the serial console that ends the run")
     ap.add_argument("--console-timeout", type=float, default=1800)
     ap.add_argument("--iommufd", action="store_true", help="use an iommufd backend")
@@ -175,7 +179,8 @@ def main():
             dev_info = find_dev([d for bus in pci for d in bus.get("devices", [])], "hostdev0")
             if dev_info is None:
                 raise RuntimeError("hostdev0 not in query-pci")
-            regions = dev_info.get("regions", [])
+            # The ROM BAR (6) is left disabled once SeaBIOS has copied the option ROM.
+            regions = [r for r in dev_info.get("regions", []) if r["bar"] < 6]
             if regions and all(r["address"] not in UNMAPPED for r in regions):
                 break
             if time.monotonic() > deadline:
@@ -186,7 +191,7 @@ def main():
         out("bars_s", f"{time.monotonic() - t0:.1f}")
         with open(os.path.join(a.out, "query-pci.json"), "w") as f:
             json.dump(dev_info, f, indent=1)
-        for r in dev_info["regions"]:
+        for r in regions:
             kind = r["type"]
             if kind == "memory":
                 kind = ("mem64" if r.get("mem_type_64") else "mem32") + \
@@ -194,7 +199,7 @@ def main():
             out("bar", r["bar"], kind, f"0x{r['address']:x}", f"0x{r['size']:x}")
 
         # The flattened memory tree: a line for every memory BAR of the device.
-        mem_bars = [r["bar"] for r in dev_info["regions"] if r["type"] == "memory"]
+        mem_bars = [r["bar"] for r in regions if r["type"] == "memory"]
         while True:
             mtree = qmp.hmp("info mtree -f")
             lines = [l.strip() for l in mtree.splitlines() if a.bdf in l]
@@ -216,6 +221,22 @@ def main():
             f.write("".join(l + "\n" for l in seen))
         with open(os.path.join(a.out, "info-pci.txt"), "w") as f:
             f.write(qmp.hmp("info pci"))
+
+        if a.bios_done:
+            rx = re.compile(a.bios_done)
+            while True:
+                try:
+                    with open(os.path.join(a.out, "seabios.log"), errors="replace") as f:
+                        text = f.read()
+                except OSError:
+                    text = ""
+                if rx.search(text):
+                    out("bios_s", f"{time.monotonic() - t0:.1f}")
+                    break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"no {a.bios_done!r} in the SeaBIOS log after {a.timeout:.0f} s")
+                progress("SeaBIOS")
+                time.sleep(0.5)
 
         if a.console_done:
             rx = re.compile(a.console_done)
