@@ -74,7 +74,7 @@ passthrough() {
 	fi
 	bars_s=$(key "$r" bars_s)
 	if [ -n "$bars_s" ]; then
-		ok "$t: SeaBIOS programmed every BAR after $bars_s s: $(sed -n 's/^bar //p' "$r" | awk '{ printf "%sBAR%s %s %s", (NR > 1 ? ", " : ""), $1, $2, $3 }')"
+		ok "$t: SeaBIOS programmed every BAR after $bars_s s: $(sed -n 's/^bar //p' "$r" | awk '{ printf "%sBAR%s %s %s", (NR > 1 ? ", " : ""), $2, $3, $4 }')"
 		grep -aiE "bdf=00:0[1-9]|option rom|vga" "$dir/seabios.log" 2>/dev/null |
 			head -n 20 | sed 's/^/#   seabios: /'
 	elif [ -n "$(key "$r" realize_s)" ]; then
@@ -82,7 +82,7 @@ passthrough() {
 	fi
 	if [ -n "$(key "$r" mtree_s)" ]; then
 		local missing=() b
-		for b in $(sed -n 's/^bar \([0-9]\) mem.*/\1/p' "$r"); do
+		for b in $(sed -n 's/^bar [^ ]* \([0-9]\) mem.*/\1/p' "$r"); do
 			grep -q "$bdf BAR $b mmaps\[0\]" "$dir/mtree-dev.txt" || missing+=("BAR$b")
 		done
 		if [ ${#missing[@]} = 0 ]; then

@@ -3,23 +3,23 @@
 
 Runs in the test VM (tests/guest/qemu-client.sh, tests/guest/demo.sh); python3 stdlib only.
 
-    qemu-vfio.py --bdf BDF --out DIR [--machine q35] [--timeout SECS]
+    qemu-vfio.py --bdf BDF [--bdf BDF2 ...] --out DIR [--machine q35] [--timeout SECS]
                  [--bios-done REGEX] [--kernel BZIMAGE --initrd CPIO --append ARGS --console-done REGEX]
                  [--iommufd]
 
 Starts qemu-system-x86_64 -accel tcg with no disk (SeaBIOS only, or a kernel and initramfs),
-the device as `-device vfio-pci,host=BDF,id=hostdev0` and a QMP socket, then polls QMP
-`query-pci` until the firmware has given every BAR of hostdev0 an address (BAR programming
-time), and `info mtree -f` until every memory BAR shows its mapping. With --kernel it then
+each device as `-device vfio-pci,host=BDF,id=hostdevN` and a QMP socket, then polls QMP
+`query-pci` until the firmware has given every BAR of every device an address (BAR
+programming time), and `info mtree -f` until every memory BAR shows its mapping. With --kernel it then
 waits for REGEX on the nested serial console. Finally it sends QMP `quit` and waits for QEMU
 to exit.
 
 Prints `key value` lines on stdout (the shell script decides PASS/FAIL):
     realize_s S           QMP answered: QEMU realized the device (seconds from start)
-    bars_s S              all BARs of hostdev0 have an address
+    bars_s S              all BARs of the devices have an address
     mtree_s S             `info mtree -f` has every memory BAR (seconds from start)
-    bar N TYPE ADDR SIZE  each BAR as the nested firmware programmed it (not the ROM BAR,
-                          which SeaBIOS disables again once it has copied the option ROM)
+    bar BDF N TYPE ADDR SIZE  each BAR as the nested firmware programmed it (not the ROM BAR,
+                              which SeaBIOS disables again once it has copied the option ROM)
     bios_s S              REGEX appeared in the SeaBIOS log (--bios-done)
     console_s S           the console REGEX appeared (--kernel)
     exit CODE             QEMU's exit status after quit (or after it died)
@@ -106,7 +106,8 @@ def find_dev(devices, qdev_id):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--bdf", required=True)
+    ap.add_argument("--bdf", required=True, action="append",
+                    help="device to pass through (repeatable: hostdev0, hostdev1, ...)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--machine", default="q35")
     ap.add_argument("--memory", default="128M")
@@ -127,7 +128,6 @@ def main():
     if os.path.exists(sock):
         os.unlink(sock)
     serial = os.path.join(a.out, "serial.log")
-    dev = f"vfio-pci,host={a.bdf},id=hostdev0"
     cmd = [a.qemu, "-accel", "tcg,tb-size=64", "-machine", a.machine, "-m", a.memory,
            "-nographic", "-nodefaults", "-no-user-config",
            "-chardev", f"file,id=con,path={serial}", "-serial", "chardev:con",
@@ -137,8 +137,11 @@ def main():
            "-qmp", f"unix:{sock},server=on,wait=off"]
     if a.iommufd:
         cmd += ["-object", "iommufd,id=iommufd0"]
-        dev += ",iommufd=iommufd0"
-    cmd += ["-device", dev]
+    for i, bdf in enumerate(a.bdf):
+        dev = f"vfio-pci,host={bdf},id=hostdev{i}"
+        if a.iommufd:
+            dev += ",iommufd=iommufd0"
+        cmd += ["-device", dev]
     if a.kernel:
         cmd += ["-kernel", a.kernel, "-append", a.append]
         if a.initrd:
@@ -172,16 +175,17 @@ def main():
         qmp = Qmp(sock, deadline, proc)
         out("realize_s", f"{time.monotonic() - t0:.1f}")
 
-        # BAR programming: every region of hostdev0 has an address.
-        dev_info = None
+        # BAR programming: every BAR of every hostdevN has an address.
+        ids = [f"hostdev{i}" for i in range(len(a.bdf))]
         while True:
             pci = qmp.cmd("query-pci")
-            dev_info = find_dev([d for bus in pci for d in bus.get("devices", [])], "hostdev0")
-            if dev_info is None:
-                raise RuntimeError("hostdev0 not in query-pci")
+            flat = [d for bus in pci for d in bus.get("devices", [])]
+            infos = [find_dev(flat, i) for i in ids]
+            if None in infos:
+                raise RuntimeError("%s not in query-pci" % ids[infos.index(None)])
             # The ROM BAR (6) is left disabled once SeaBIOS has copied the option ROM.
-            regions = [r for r in dev_info.get("regions", []) if r["bar"] < 6]
-            if regions and all(r["address"] not in UNMAPPED for r in regions):
+            regions = [[r for r in d.get("regions", []) if r["bar"] < 6] for d in infos]
+            if all(rs and all(r["address"] not in UNMAPPED for r in rs) for rs in regions):
                 break
             if time.monotonic() > deadline:
                 raise RuntimeError("BARs not programmed after %.0f s: %s" % (
@@ -190,23 +194,25 @@ def main():
             time.sleep(0.5)
         out("bars_s", f"{time.monotonic() - t0:.1f}")
         with open(os.path.join(a.out, "query-pci.json"), "w") as f:
-            json.dump(dev_info, f, indent=1)
-        for r in regions:
-            kind = r["type"]
-            if kind == "memory":
-                kind = ("mem64" if r.get("mem_type_64") else "mem32") + \
-                       ("-pref" if r.get("prefetch") else "")
-            out("bar", r["bar"], kind, f"0x{r['address']:x}", f"0x{r['size']:x}")
+            json.dump(infos, f, indent=1)
+        for bdf, rs in zip(a.bdf, regions):
+            for r in rs:
+                kind = r["type"]
+                if kind == "memory":
+                    kind = ("mem64" if r.get("mem_type_64") else "mem32") + \
+                           ("-pref" if r.get("prefetch") else "")
+                out("bar", bdf, r["bar"], kind, f"0x{r['address']:x}", f"0x{r['size']:x}")
 
-        # The flattened memory tree: a line for every memory BAR of the device.
-        mem_bars = [r["bar"] for r in regions if r["type"] == "memory"]
+        # The flattened memory tree: a line for every memory BAR of every device.
+        want = [f"{bdf} BAR {r['bar']}" for bdf, rs in zip(a.bdf, regions)
+                for r in rs if r["type"] == "memory"]
         while True:
             mtree = qmp.hmp("info mtree -f")
-            lines = [l.strip() for l in mtree.splitlines() if a.bdf in l]
-            if all(any(f"{a.bdf} BAR {b}" in l for l in lines) for b in mem_bars):
+            lines = [l.strip() for l in mtree.splitlines() if any(b in l for b in a.bdf)]
+            if all(any(w in l for l in lines) for w in want):
                 break
             if time.monotonic() > deadline:
-                raise RuntimeError("memory BARs %s not all in info mtree -f" % mem_bars)
+                raise RuntimeError("not all in info mtree -f: %s" % ", ".join(want))
             progress("info mtree -f")
             time.sleep(0.5)
         out("mtree_s", f"{time.monotonic() - t0:.1f}")
