@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # make test: install what is missing, build what changed, run KUnit and the integration tests
 # in one VM boot, then the race stress in a second boot (STRESS_SECS per driver, default 60),
-# then QEMU as a VFIO client in a third (tests/guest/qemu-client.sh), and fail on any failure. Prints how long each stage took and the total of all boots.
+# then QEMU as a VFIO client in a third (tests/guest/qemu-client.sh), and fail on any
+# failure. Prints how long each stage took and the total of all boots.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 . "$here/common.sh"
