@@ -21,7 +21,8 @@ NESTED_INITRD=${NESTED_INITRD:-$cache/nested/initramfs.cpio.gz}
 NESTED_DRIVERS=${NESTED_DRIVERS:-vfio-pci vfio-pci-rs}
 NESTED_DEVICES=${NESTED_DEVICES:-vga igb}
 NESTED_TIMEOUT=${NESTED_TIMEOUT:-1500}
-NESTED_MEMORY=${NESTED_MEMORY:-256M}
+NESTED_MEMORY=${NESTED_MEMORY:-128M}
+NESTED_QEMU_ARGS=${NESTED_QEMU_ARGS:-}
 # No KUnit (the suites ran in the outer guest), no IOMMU (the nested machine has none).
 NESTED_APPEND=${NESTED_APPEND:-console=ttyS0 kunit.enable=0 panic=-1 mitigations=off}
 OUT=${NESTED_OUT:-/tmp/nested-linux}
@@ -76,7 +77,7 @@ for drv in $NESTED_DRIVERS; do
 	/usr/bin/python3 "$QV" "${args[@]}" --out "$dir" --memory "$NESTED_MEMORY" \
 		--timeout 600 --console-timeout "$NESTED_TIMEOUT" \
 		--kernel "$NESTED_KERNEL" --initrd "$NESTED_INITRD" --append "$NESTED_APPEND" \
-		--console-done NESTED-LINUX-DONE 2>&1 | tee "$dir.result" | sed -u 's/^/#   /'
+		--qemu-args "$NESTED_QEMU_ARGS" --console-done NESTED-LINUX-DONE 2>&1 | tee "$dir.result" | sed -u 's/^/#   /'
 	r=$dir.result
 	con=$dir/console.txt
 	tr -d '\r' < "$dir/serial.log" > "$con" 2>/dev/null

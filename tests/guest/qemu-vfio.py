@@ -32,6 +32,7 @@ import argparse
 import json
 import os
 import re
+import shlex
 import socket
 import subprocess
 import sys
@@ -121,6 +122,7 @@ def main():
     ap.add_argument("--console-timeout", type=float, default=1800)
     ap.add_argument("--iommufd", action="store_true", help="use an iommufd backend")
     ap.add_argument("--qemu", default="qemu-system-x86_64")
+    ap.add_argument("--qemu-args", default="", help="more QEMU arguments (split like a shell)")
     a = ap.parse_args()
 
     os.makedirs(a.out, exist_ok=True)
@@ -142,6 +144,7 @@ def main():
         if a.iommufd:
             dev += ",iommufd=iommufd0"
         cmd += ["-device", dev]
+    cmd += shlex.split(a.qemu_args)
     if a.kernel:
         cmd += ["-kernel", a.kernel, "-append", a.append]
         if a.initrd:
