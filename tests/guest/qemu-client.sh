@@ -105,6 +105,18 @@ qemu_run() {
 		ok "$t: SeaBIOS finished POST (option ROMs run, boot attempted) after $(key "$r" bios_s) s"
 		grep -aE "bdf=00:01.0|[Oo]ption rom|VGA" "$dir/seabios-post.log" | head -n 12 |
 			sed 's/^/#   seabios: /'
+		# A VGA function with a ROM: SeaBIOS read the ROM through the VFIO ROM region (QEMU
+		# fills the nested ROM BAR from it) and ran it as the VGA BIOS.
+		if [ -e "/sys/bus/pci/devices/$bdf/rom" ] &&
+			grep -q '^0x03' "/sys/bus/pci/devices/$bdf/class"; then
+			if grep -aA1 'Scan for VGA option rom' "$dir/seabios-post.log" |
+				grep -aq 'Running option rom at c000' &&
+				grep -aq 'Start SeaVGABIOS' "$dir/seabios-post.log"; then
+				ok "$t: SeaBIOS ran the device's ROM as the VGA BIOS"
+			else
+				bad "$t: SeaBIOS did not run the device's ROM as the VGA BIOS"
+			fi
+		fi
 	elif [ -n "$(key "$r" mtree_s)" ]; then
 		bad "$t: SeaBIOS did not finish POST: $(key "$r" error)"
 	fi
@@ -201,5 +213,6 @@ if [ "$QEMU_NESTED_LINUX" = 1 ]; then
 	fi
 fi
 
+echo "# the QEMU client checks took $SECONDS s"
 echo "$pass passed, $fail failed"
 [ "$fail" = 0 ]
