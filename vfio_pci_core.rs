@@ -155,6 +155,40 @@ struct VfioPciCore {
     needs_reset: AtomicBool,
 }
 
+/// Memory decode forced on under the `memory_lock` write guard, for the driver's own access to
+/// BAR memory (ROM, MSI-X table); the COMMAND register is restored on drop
+/// (`vfio_pci_memory_lock_and_enable()`, `vfio_pci_memory_unlock_and_restore()`).
+struct MemoryEnabled<'a> {
+    pdev: &'a pci::Device<Bound>,
+    _memory: WriteGuard<'a, MemoryState>,
+    command: u16,
+}
+
+impl<'a> MemoryEnabled<'a> {
+    fn new(core: &'a VfioPciCore, pdev: &'a pci::Device<Bound>) -> Self {
+        let memory = core.memory_lock.write();
+        let config = pdev.config_space();
+        let command = config.read16(uapi::PCI_COMMAND as usize);
+        let mem = uapi::PCI_COMMAND_MEMORY as u16;
+        if command & mem == 0 {
+            config.write16(command | mem, uapi::PCI_COMMAND as usize);
+        }
+        Self {
+            pdev,
+            _memory: memory,
+            command,
+        }
+    }
+}
+
+impl Drop for MemoryEnabled<'_> {
+    fn drop(&mut self) {
+        self.pdev
+            .config_space()
+            .write16(self.command, uapi::PCI_COMMAND as usize);
+    }
+}
+
 /// The module parameters that shape a function's handling, read at probe as C reads them at
 /// module load.
 struct Params {
@@ -607,19 +641,12 @@ impl VfioPciCore {
                 info.size = 0;
                 if pdev.resource_start(index)? != 0 {
                     // The ROM must hold a valid image; mapping it needs memory decode.
-                    let memory = self.memory_lock.write();
-                    let config = pdev.config_space();
-                    let cmd = config.read16(uapi::PCI_COMMAND as usize);
-                    let memory_bit = uapi::PCI_COMMAND_MEMORY as u16;
-                    if cmd & memory_bit == 0 {
-                        config.write16(cmd | memory_bit, uapi::PCI_COMMAND as usize);
-                    }
+                    let memory = MemoryEnabled::new(self, pdev);
                     if pdev.map_rom().is_some() {
                         info.flags = uapi::VFIO_REGION_INFO_FLAG_READ;
                         // Report the BAR size, not the ROM size.
                         info.size = pdev.resource_len(index)?;
                     }
-                    config.write16(cmd, uapi::PCI_COMMAND as usize);
                     drop(memory);
                 } else if let Some((_, len)) = pdev.platform_rom() {
                     info.flags = uapi::VFIO_REGION_INFO_FLAG_READ;

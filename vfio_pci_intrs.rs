@@ -23,16 +23,13 @@ use kernel::{
     irq_bypass, new_spinlock_irq, pci,
     prelude::*,
     str::CString,
-    sync::{aref::ARef, Arc, Mutex, SpinLockIrq, WriteGuard},
+    sync::{aref::ARef, Arc, Mutex, SpinLockIrq},
     uaccess::{UserPtr, UserSlice},
     uapi,
     vfio::{self, IrqSetData, Virqfd, VirqfdHandler},
 };
 
-use crate::{
-    vfio_pci_priv::{IntxMasking, MemoryState},
-    VfioPciCore,
-};
+use crate::{vfio_pci_priv::IntxMasking, MemoryEnabled, VfioPciCore};
 
 /// The interrupt indexes of `VFIO_DEVICE_GET_IRQ_INFO` and `VFIO_DEVICE_SET_IRQS`.
 const INTX: u32 = uapi::VFIO_PCI_INTX_IRQ_INDEX;
@@ -248,39 +245,6 @@ pub(crate) struct Notifiers {
     req: Option<EventFd>,
 }
 
-/// Memory decode forced on for an MSI-X table access, restored on drop
-/// (`vfio_pci_memory_lock_and_enable()`, `vfio_pci_memory_unlock_and_restore()`).
-struct MemoryEnabled<'a> {
-    pdev: &'a pci::Device<Bound>,
-    _memory: WriteGuard<'a, MemoryState>,
-    command: u16,
-}
-
-impl<'a> MemoryEnabled<'a> {
-    fn new(core: &'a VfioPciCore, pdev: &'a pci::Device<Bound>) -> Self {
-        let memory = core.memory_lock.write();
-        let config = pdev.config_space();
-        let command = config.read16(uapi::PCI_COMMAND as usize);
-        let mem = uapi::PCI_COMMAND_MEMORY as u16;
-        if command & mem == 0 {
-            config.write16(command | mem, uapi::PCI_COMMAND as usize);
-        }
-        Self {
-            pdev,
-            _memory: memory,
-            command,
-        }
-    }
-}
-
-impl Drop for MemoryEnabled<'_> {
-    fn drop(&mut self) {
-        self.pdev
-            .config_space()
-            .write16(self.command, uapi::PCI_COMMAND as usize);
-    }
-}
-
 /// Reads the `i32` or `u8` of interrupt `i` from the data of a `VFIO_DEVICE_SET_IRQS` call.
 fn data_fd(data: &[u8], i: usize) -> i32 {
     let at = i * size_of::<i32>();
@@ -416,23 +380,14 @@ impl VfioPciCore {
         kind: IrqSetData,
         data: &[u8],
     ) -> Result<isize> {
-        let IrqMode::Intx(intx) = &irqs.mode else {
-            return Err(EINVAL);
-        };
-        if start != 0 || count != 1 {
-            return Err(EINVAL);
-        }
+        let intx = enabled_intx(irqs, start, count)?;
         match kind {
-            IrqSetData::None => {
-                intx.line.mask();
-            }
-            IrqSetData::Bool => {
-                if data_bool(data, 0) {
-                    intx.line.mask();
-                }
-            }
             // A mask eventfd is not implemented in C either.
             IrqSetData::EventFd => return Err(ENOTTY),
+            IrqSetData::Bool if !data_bool(data, 0) => {}
+            IrqSetData::None | IrqSetData::Bool => {
+                intx.line.mask();
+            }
         }
         Ok(0)
     }
@@ -446,27 +401,14 @@ impl VfioPciCore {
         kind: IrqSetData,
         data: &[u8],
     ) -> Result<isize> {
-        let IrqMode::Intx(intx) = &irqs.mode else {
-            return Err(EINVAL);
-        };
-        if start != 0 || count != 1 {
-            return Err(EINVAL);
-        }
+        let intx = enabled_intx(irqs, start, count)?;
         match kind {
-            IrqSetData::None => unmask_and_send(&intx.line),
-            IrqSetData::Bool => {
-                if data_bool(data, 0) {
-                    unmask_and_send(&intx.line);
-                }
-            }
-            IrqSetData::EventFd => {
-                let fd = data_fd(data, 0);
-                if fd >= 0 {
-                    intx.unmask.as_ref().enable(fd)?;
-                } else {
-                    intx.unmask.disable();
-                }
-            }
+            IrqSetData::EventFd => match data_fd(data, 0) {
+                fd if fd >= 0 => intx.unmask.as_ref().enable(fd)?,
+                _ => intx.unmask.disable(),
+            },
+            IrqSetData::Bool if !data_bool(data, 0) => {}
+            IrqSetData::None | IrqSetData::Bool => unmask_and_send(&intx.line),
         }
         Ok(0)
     }
@@ -822,6 +764,14 @@ impl VfioPciCore {
                 "No device request channel registered, blocked until released by user\n"
             );
         }
+    }
+}
+
+/// The enabled INTx that a mask or unmask of `count` interrupts from `start` applies to.
+fn enabled_intx(irqs: &IrqState, start: u32, count: u32) -> Result<&Intx> {
+    match &irqs.mode {
+        IrqMode::Intx(intx) if start == 0 && count == 1 => Ok(intx),
+        _ => Err(EINVAL),
     }
 }
 
