@@ -12,6 +12,7 @@
 //! C source: [`drivers/vfio/pci/vfio_pci_config.c`](srctree/drivers/vfio/pci/vfio_pci_config.c)
 
 use crate::{vfio_pci_priv::IntxMasking, VfioPciCore};
+use core::sync::atomic::Ordering;
 use kernel::{
     device::Bound,
     pci,
@@ -1159,16 +1160,9 @@ pub(crate) struct ConfigState {
     virt: Option<Virt>,
     /// INTx masking of the open function.
     intx: Option<IntxMasking>,
-    /// The user set INTx disable in the virtual COMMAND (`virq_disabled`); the interrupt
-    /// code masks INTx while it is set.
-    pub(crate) virq_disabled: bool,
     /// The function has extended capabilities to walk (`extended_caps`); as in C, kept
     /// across opens.
     extended_caps: bool,
-    /// log2 of the MSI vectors the interrupt code enabled (`msi_qmax`).
-    pub(crate) msi_qmax: u8,
-    /// MSI is the interrupt type the interrupt code enabled (`irq_type == MSI`).
-    pub(crate) msi_enabled: bool,
 }
 
 impl ConfigState {
@@ -1177,15 +1171,11 @@ impl ConfigState {
         Self {
             virt: None,
             intx: None,
-            virq_disabled: false,
             extended_caps: false,
-            msi_qmax: 0,
-            msi_enabled: false,
         }
     }
 
     /// The virtual interrupt pin (`vconfig[PCI_INTERRUPT_PIN]`), 0 when closed.
-    #[expect(dead_code)]
     pub(crate) fn interrupt_pin(&self) -> u8 {
         self.virt.as_ref().map_or(0, |v| v.get8(INTERRUPT_PIN))
     }
@@ -1200,9 +1190,6 @@ struct Access<'a> {
     v: &'a mut Virt,
     /// The rest of [`ConfigState`], which the handlers read or update.
     intx: Option<IntxMasking>,
-    virq_disabled: &'a mut bool,
-    msi_qmax: u8,
-    msi_enabled: bool,
     /// The table of the capability accessed.
     perm: &'static Perm,
     /// The offset in config space.
@@ -1398,10 +1385,14 @@ impl Access<'_> {
         // Emulate INTx disable.
         if (COMMAND..=COMMAND + 1).contains(&self.offset) {
             let virt_intx_disable = self.v.command() & uapi::PCI_COMMAND_INTX_DISABLE != 0;
-            if virt_intx_disable != *self.virq_disabled {
-                *self.virq_disabled = virt_intx_disable;
-                // C masks (vfio_pci_intx_mask()) or unmasks (vfio_pci_intx_unmask()) INTx
-                // here; that belongs to the interrupt code.
+            let virq_disabled = &self.core.irq_shared.virq_disabled;
+            if virt_intx_disable != virq_disabled.load(Ordering::Relaxed) {
+                virq_disabled.store(virt_intx_disable, Ordering::Relaxed);
+                if virt_intx_disable {
+                    self.core.intx_mask(self.pdev);
+                } else {
+                    self.core.intx_unmask(self.pdev);
+                }
             }
         }
 
@@ -1545,7 +1536,7 @@ impl Access<'_> {
             // flags: the ID byte, which is not virtualized, so this is not visible.
             let start = self.v.find_cap_start(self.pos);
             let qmask = uapi::PCI_MSI_FLAGS_QMASK as u16;
-            let qmax = u16::from(self.msi_qmax) << 1;
+            let qmax = u16::from(self.core.irq_shared.msi_qmax.load(Ordering::Relaxed)) << 1;
             let v = &mut *self.v;
             v.set16(start, (v.get16(start) & !qmask) | qmax);
         }
@@ -1564,12 +1555,12 @@ impl Access<'_> {
         let mut flags = self.v.get16(pflags);
 
         // MSI is enabled through the SET_IRQS ioctl.
-        if !self.msi_enabled {
+        if !self.core.irq_shared.msi_enabled.load(Ordering::Relaxed) {
             flags &= !(uapi::PCI_MSI_FLAGS_ENABLE as u16);
         }
 
         let qsize = uapi::PCI_MSI_FLAGS_QSIZE as u16;
-        let qmax = u16::from(self.msi_qmax);
+        let qmax = u16::from(self.core.irq_shared.msi_qmax.load(Ordering::Relaxed));
         if (flags & qsize) >> 4 > qmax {
             flags = (flags & !qsize) | (qmax << 4);
         }
@@ -1688,7 +1679,6 @@ impl VfioPciCore {
         let mut state = self.config.lock();
         state.virt = None;
         state.intx = None;
-        state.virq_disabled = false;
         self.memory_lock.write().command_memory = false;
     }
 
@@ -1703,14 +1693,7 @@ impl VfioPciCore {
         write: bool,
     ) -> Result<usize> {
         let mut guard = self.config.lock();
-        let ConfigState {
-            virt,
-            intx,
-            virq_disabled,
-            msi_qmax,
-            msi_enabled,
-            ..
-        } = &mut *guard;
+        let ConfigState { virt, intx, .. } = &mut *guard;
         let virt = virt.as_mut().ok_or(ENODEV)?;
 
         let size = virt.size() as u64;
@@ -1728,9 +1711,6 @@ impl VfioPciCore {
             pdev,
             v: virt,
             intx: *intx,
-            virq_disabled,
-            msi_qmax: *msi_qmax,
-            msi_enabled: *msi_enabled,
             perm,
             pos,
             offset: pos - start,

@@ -88,6 +88,18 @@ impl pci::Driver for VfioPciDriver {
     ) -> impl PinInit<Self::Data<'bound>, Error> + 'bound {
         VfioPciCore::probe(pdev, Params::get())
     }
+
+    const HAS_ERROR_DETECTED: bool = true;
+
+    /// `vfio_pci_core_aer_err_detected()`: the user learns of the error through the ERR
+    /// eventfd and handles the recovery.
+    fn error_detected<'bound>(
+        pdev: &'bound pci::Device<Core<'_>>,
+        this: Pin<&Self::Data<'bound>>,
+    ) -> pci::ErsResult {
+        this.with_registered(pdev.as_ref(), |_, core| core.signal_err());
+        pci::ErsResult::CanRecover
+    }
 }
 
 /// The state of an open function, set up by `open_device` and torn down by `close_device`.
@@ -103,7 +115,7 @@ struct OpenState {
 
 /// A function driven by vfio-pci-rs, C's `struct vfio_pci_core_device`.
 ///
-/// Lock order: `open`, then `config`, then `memory_lock`.
+/// Lock order: `open`, then `config`, then `igate`, then `memory_lock`.
 #[pin_data]
 struct VfioPciCore {
     /// Open state. `open_device` and `close_device` also run under the device set lock.
@@ -112,6 +124,17 @@ struct VfioPciCore {
     /// The virtualized config space, set up at open.
     #[pin]
     config: Mutex<vfio_pci_config::ConfigState>,
+    /// The interrupt setup (`igate`).
+    #[pin]
+    igate: vfio_pci_intrs::IrqGate,
+    /// The ioeventfds (`ioeventfds_lock`, `ioeventfds_list`).
+    #[pin]
+    ioeventfds: vfio_pci_rdwr::IoEventFds,
+    /// The ERR and REQ eventfds.
+    #[pin]
+    notifiers: Mutex<vfio_pci_intrs::Notifiers>,
+    /// Interrupt state the config code reads and changes without `igate`.
+    irq_shared: Arc<vfio_pci_intrs::IrqShared>,
     /// Memory decode and power state, and the BAR mappings only reachable under it. Shared
     /// with the function's DMABUFs, whose faults take it for reading.
     memory_lock: Arc<vfio_pci_dmabuf::MemoryLock>,
@@ -130,6 +153,40 @@ struct VfioPciCore {
     /// The function was used and not reset since (`needs_reset`); a slot or bus reset of its
     /// set when all are closed cleans it.
     needs_reset: AtomicBool,
+}
+
+/// Memory decode forced on under the `memory_lock` write guard, for the driver's own access to
+/// BAR memory (ROM, MSI-X table); the COMMAND register is restored on drop
+/// (`vfio_pci_memory_lock_and_enable()`, `vfio_pci_memory_unlock_and_restore()`).
+struct MemoryEnabled<'a> {
+    pdev: &'a pci::Device<Bound>,
+    _memory: WriteGuard<'a, MemoryState>,
+    command: u16,
+}
+
+impl<'a> MemoryEnabled<'a> {
+    fn new(core: &'a VfioPciCore, pdev: &'a pci::Device<Bound>) -> Self {
+        let memory = core.memory_lock.write();
+        let config = pdev.config_space();
+        let command = config.read16(uapi::PCI_COMMAND as usize);
+        let mem = uapi::PCI_COMMAND_MEMORY as u16;
+        if command & mem == 0 {
+            config.write16(command | mem, uapi::PCI_COMMAND as usize);
+        }
+        Self {
+            pdev,
+            _memory: memory,
+            command,
+        }
+    }
+}
+
+impl Drop for MemoryEnabled<'_> {
+    fn drop(&mut self) {
+        self.pdev
+            .config_space()
+            .write16(self.command, uapi::PCI_COMMAND as usize);
+    }
 }
 
 /// The module parameters that shape a function's handling, read at probe as C reads them at
@@ -217,6 +274,7 @@ impl VfioPciCore {
         let memory_lock =
             Arc::pin_init(new_rwsem!(memory, "vfio_pci_rs::memory_lock"), GFP_KERNEL)?;
         let dmabufs = vfio_pci_dmabuf::DmaBufs::new()?;
+        let irq_shared = vfio_pci_intrs::IrqShared::new()?;
 
         vfio::Registration::new_foreign_owned(
             parent,
@@ -225,6 +283,10 @@ impl VfioPciCore {
             try_pin_init!(Self {
                 open <- new_mutex!(OpenState::default()),
                 config <- new_mutex!(vfio_pci_config::ConfigState::new()),
+                igate <- new_mutex!(vfio_pci_intrs::IrqState::default(), "vfio_pci_rs::igate"),
+                ioeventfds <- new_mutex!(KVec::new()),
+                notifiers <- new_mutex!(vfio_pci_intrs::Notifiers::default()),
+                irq_shared,
                 memory_lock,
                 dmabufs,
                 bar_mmap_supported: [const { AtomicBool::new(false) }; 6],
@@ -579,19 +641,12 @@ impl VfioPciCore {
                 info.size = 0;
                 if pdev.resource_start(index)? != 0 {
                     // The ROM must hold a valid image; mapping it needs memory decode.
-                    let memory = self.memory_lock.write();
-                    let config = pdev.config_space();
-                    let cmd = config.read16(uapi::PCI_COMMAND as usize);
-                    let memory_bit = uapi::PCI_COMMAND_MEMORY as u16;
-                    if cmd & memory_bit == 0 {
-                        config.write16(cmd | memory_bit, uapi::PCI_COMMAND as usize);
-                    }
+                    let memory = MemoryEnabled::new(self, pdev);
                     if pdev.map_rom().is_some() {
                         info.flags = uapi::VFIO_REGION_INFO_FLAG_READ;
                         // Report the BAR size, not the ROM size.
                         info.size = pdev.resource_len(index)?;
                     }
-                    config.write16(cmd, uapi::PCI_COMMAND as usize);
                     drop(memory);
                 } else if let Some((_, len)) = pdev.platform_rom() {
                     info.flags = uapi::VFIO_REGION_INFO_FLAG_READ;
@@ -921,6 +976,7 @@ impl vfio::Driver for VfioPciCore {
             config.write16(cmd & !intx_disable, uapi::PCI_COMMAND as usize);
         }
 
+        this.irq_open(intx);
         if let Err(e) = this.config_init(pdev, intx) {
             let _ = pdev.load_saved_state(saved_state);
             pdev.disable_device();
@@ -962,8 +1018,10 @@ impl vfio::Driver for VfioPciCore {
             memory.pm_save = None;
         }
 
-        // Stop the device from further DMA.
+        // Stop the device from further DMA, and its interrupts.
         pdev.clear_master();
+        this.irq_close(pdev);
+        this.ioeventfd_close();
 
         this.config_free();
         {
@@ -1012,6 +1070,9 @@ impl vfio::Driver for VfioPciCore {
         let pdev = Self::pdev(vdev)?;
         match cmd {
             vfio::DEVICE_GET_INFO => this.ioctl_get_info(pdev, arg),
+            vfio::DEVICE_GET_IRQ_INFO => this.ioctl_get_irq_info(pdev, arg),
+            vfio::DEVICE_SET_IRQS => this.ioctl_set_irqs(pdev, arg),
+            vfio::DEVICE_IOEVENTFD => this.ioctl_ioeventfd(pdev, arg),
             vfio::DEVICE_RESET => this.ioctl_reset(pdev),
             vfio::DEVICE_GET_PCI_HOT_RESET_INFO => {
                 Self::ioctl_get_pci_hot_reset_info(vdev, pdev, arg)
@@ -1069,6 +1130,13 @@ impl vfio::Driver for VfioPciCore {
                 this.feature_dma_buf_memattr(flags, arg, argsz)
             }
             _ => Err(ENOTTY),
+        }
+    }
+
+    /// `vfio_pci_core_request()`.
+    fn request(vdev: &vfio::Device<Self, Bound>, this: Pin<&Self>, count: u32) {
+        if let Ok(pdev) = Self::pdev(vdev) {
+            this.request(pdev, count);
         }
     }
 

@@ -8,13 +8,18 @@ use crate::{
     vfio_pci_priv::{offset_to_index, MemoryState, OFFSET_MASK, ROM_INDEX},
     VfioPciCore,
 };
-use core::ops::Range;
+use core::{
+    mem::{offset_of, size_of},
+    ops::Range,
+};
 use kernel::{
     device::Bound,
     pci::{self, IoMapping, VgaResource},
     prelude::*,
-    sync::RwSemaphore,
+    sync::{aref::ARef, Arc, Mutex, RwSemaphore},
     uaccess::{UserPtr, UserSlice},
+    uapi,
+    vfio::{self, Virqfd, VirqfdHandler},
 };
 
 /// One access of [`do_io_rw`]: `width` bytes at `offset`, a read or a write of `value`.
@@ -289,6 +294,137 @@ impl VfioPciCore {
         )?;
         *pos += i64::try_from(done)?;
         Ok(done)
+    }
+}
+
+/// The most ioeventfds a function may have (`VFIO_PCI_IOEVENTFD_MAX`).
+const IOEVENTFD_MAX: usize = 1000;
+
+/// A write of `data` to a BAR whenever an eventfd fires (`struct vfio_pci_ioeventfd`).
+pub(crate) struct IoEventFdWrite {
+    memory: Arc<RwSemaphore<MemoryState>>,
+    pdev: ARef<pci::Device>,
+    bar: usize,
+    pos: usize,
+    data: u64,
+    count: usize,
+    /// The BAR is memory, so the write needs memory decode (`test_mem`).
+    test_mem: bool,
+}
+
+impl IoEventFdWrite {
+    /// `vfio_pci_ioeventfd_do_write()` under the caller's guard.
+    fn write(&self, memory: &MemoryState) {
+        if self.test_mem && !memory.memory_enabled(&self.pdev) {
+            return;
+        }
+        if let Ok(io) = &memory.bars[self.bar] {
+            let _ = io_access(io, self.pos, self.count, Some(self.data));
+        }
+    }
+}
+
+impl VirqfdHandler for IoEventFdWrite {
+    /// `vfio_pci_ioeventfd_handler()`: writes from the eventfd wakeup unless `memory_lock` is
+    /// contended, then from the thread.
+    fn handle(&self) -> bool {
+        let Some(memory) = self.memory.try_read() else {
+            return true;
+        };
+        self.write(&memory);
+        false
+    }
+
+    /// `vfio_pci_ioeventfd_thread()`.
+    fn thread(&self) {
+        self.write(&self.memory.read());
+    }
+}
+
+/// The ioeventfds of an open function (`ioeventfds_list`, under `ioeventfds_lock`).
+pub(crate) type IoEventFds = Mutex<KVec<Pin<KBox<Virqfd<IoEventFdWrite>>>>>;
+
+impl VfioPciCore {
+    /// `VFIO_DEVICE_IOEVENTFD` (`vfio_pci_ioctl_ioeventfd()`, `vfio_pci_ioeventfd()`).
+    pub(crate) fn ioctl_ioeventfd(&self, pdev: &pci::Device<Bound>, arg: UserPtr) -> Result<isize> {
+        type IoEventFd = uapi::vfio_device_ioeventfd;
+        let minsz = offset_of!(IoEventFd, fd) + size_of::<i32>();
+        let args: IoEventFd = vfio::read_arg(arg, minsz)?;
+        if (args.argsz as usize) < minsz || args.flags & !uapi::VFIO_DEVICE_IOEVENTFD_SIZE_MASK != 0
+        {
+            return Err(EINVAL);
+        }
+        let count = args.flags & uapi::VFIO_DEVICE_IOEVENTFD_SIZE_MASK;
+        if count.count_ones() != 1 || args.fd < -1 {
+            return Err(EINVAL);
+        }
+        // CAST: One of 1, 2, 4 or 8.
+        let count = count as usize;
+        let fd = args.fd;
+
+        // Only BARs.
+        let bar = offset_to_index(args.offset);
+        if bar > u64::from(uapi::VFIO_PCI_BAR5_REGION_INDEX) {
+            return Err(EINVAL);
+        }
+        // CAST: Checked to be at most 5 above.
+        let bar = bar as u32;
+        let pos = args.offset & OFFSET_MASK;
+        if pos + count as u64 > pdev.resource_len(bar)? {
+            return Err(EINVAL);
+        }
+        // No writes around the MSI-X table.
+        if let Some(msix) = self.open.lock().msix {
+            if msix.bar == bar
+                && !(pos + count as u64 <= msix.offset || pos >= msix.offset + msix.size)
+            {
+                return Err(EINVAL);
+            }
+        }
+        if let Err(e) = &self.memory_lock.read().bars[bar as usize] {
+            return Err(*e);
+        }
+        let pos = usize::try_from(pos)?;
+
+        let mut ioeventfds = self.ioeventfds.lock();
+        let existing = ioeventfds.iter().position(|e| {
+            let w = e.handler();
+            w.pos == pos && w.bar == bar as usize && w.data == args.data && w.count == count
+        });
+        if let Some(i) = existing {
+            if fd != -1 {
+                return Err(EEXIST);
+            }
+            // Dropping it disables it.
+            drop(ioeventfds.remove(i)?);
+            return Ok(0);
+        }
+        if fd < 0 {
+            return Err(ENODEV);
+        }
+        if ioeventfds.len() >= IOEVENTFD_MAX {
+            return Err(ENOSPC);
+        }
+
+        let write = IoEventFdWrite {
+            memory: self.memory_lock.clone(),
+            pdev: pdev.into(),
+            bar: bar as usize,
+            pos,
+            data: args.data,
+            count,
+            test_mem: pdev.resource_flags(bar)?.is_mem(),
+        };
+        let ioeventfd = KBox::pin_init(Virqfd::new(write), GFP_KERNEL)?;
+        ioeventfd.as_ref().enable(fd)?;
+        ioeventfds.push(ioeventfd, GFP_KERNEL)?;
+        Ok(0)
+    }
+
+    /// Disables every ioeventfd at close.
+    pub(crate) fn ioeventfd_close(&self) {
+        let ioeventfds = core::mem::take(&mut *self.ioeventfds.lock());
+        drop(ioeventfds);
     }
 }
 

@@ -140,6 +140,11 @@ pub trait Driver: Sized + Send + Sync + 'static {
     ) -> Result {
         Err(EINVAL)
     }
+
+    /// The device is being unregistered while users hold it open (`request`): the driver may
+    /// ask them to release it. Called about every ten seconds, `count` from 0, until the last
+    /// user closes it.
+    fn request(_device: &Device<Self, device::Bound>, _data: Pin<&Self::Data>, _count: u32) {}
 }
 
 /// Checks the operations a `VFIO_DEVICE_FEATURE` call asks for (`vfio_check_feature()`):
@@ -214,6 +219,38 @@ impl<T: Driver> Device<T> {
         // SAFETY: `dev` was set by `_vfio_alloc_device()` to the parent device, which the
         // `vfio_device` holds a reference on.
         unsafe { device::Device::from_raw((*self.as_raw()).dev) }
+    }
+}
+
+impl<T: Driver> Device<T> {
+    /// Calls `f` with the device and its registration data if it is registered, from a
+    /// callback of the parent's driver that holds the parent's device lock, e.g. AER's
+    /// `error_detected`. Returns `None` for another parent or an unregistered device.
+    pub fn with_registered<R>(
+        &self,
+        parent: &device::Device<device::Core<'_>>,
+        f: impl FnOnce(&Device<T, device::Bound>, Pin<&T::Data>) -> R,
+    ) -> Option<R> {
+        if self.parent_device().as_raw() != parent.as_raw() {
+            return None;
+        }
+        // SAFETY: `data` changes only in `Registration`'s constructor and drop, which run in
+        // probe and in the devres release of unbind, both under the parent's device lock that
+        // the caller holds.
+        let data = unsafe { *self.data.get() };
+        if data.is_null() {
+            return None;
+        }
+        // SAFETY: `data` is not null, so the device is registered and `data` points to the
+        // pinned data of its `Registration`, which the device lock keeps alive; registered
+        // means the parent is bound, so `Device<T, Bound>` holds.
+        let (dev, data) = unsafe {
+            (
+                &*core::ptr::from_ref(self).cast::<Device<T, device::Bound>>(),
+                Pin::new_unchecked(&*data),
+            )
+        };
+        Some(f(dev, data))
     }
 }
 
@@ -729,6 +766,9 @@ macro_rules! impl_ioctl_arg {
 impl_ioctl_arg!(
     uapi::vfio_device_info,
     uapi::vfio_device_info_cap_pci_atomic_comp,
+    uapi::vfio_irq_info,
+    uapi::vfio_irq_set,
+    uapi::vfio_device_ioeventfd,
     uapi::vfio_region_info,
     uapi::vfio_region_info_cap_type,
     uapi::vfio_info_cap_header,
@@ -740,6 +780,167 @@ impl_ioctl_arg!(
     uapi::vfio_device_feature_dma_buf_revoke,
     uapi::vfio_device_feature_dma_buf_memattr,
 );
+
+/// What a `VFIO_DEVICE_SET_IRQS` call carries after its header.
+#[derive(Copy, Clone, Debug, Eq, PartialEq)]
+pub enum IrqSetData {
+    /// `VFIO_IRQ_SET_DATA_NONE`.
+    None,
+    /// `VFIO_IRQ_SET_DATA_BOOL`: one byte per interrupt.
+    Bool,
+    /// `VFIO_IRQ_SET_DATA_EVENTFD`: one `i32` per interrupt.
+    EventFd,
+}
+
+impl IrqSetData {
+    /// The bytes of data per interrupt.
+    pub fn size(self) -> usize {
+        match self {
+            Self::None => 0,
+            Self::Bool => 1,
+            Self::EventFd => 4,
+        }
+    }
+}
+
+/// Checks the header of a `VFIO_DEVICE_SET_IRQS` call (`vfio_set_irqs_validate_and_prepare()`):
+/// `num_irqs` interrupts at `hdr.index`, which must be below `max_irq_type`. Returns the kind of
+/// data and its size in bytes after the header.
+pub fn irq_set_prepare(
+    hdr: &uapi::vfio_irq_set,
+    num_irqs: u32,
+    max_irq_type: u32,
+) -> Result<(IrqSetData, usize)> {
+    let minsz = core::mem::offset_of!(uapi::vfio_irq_set, count) + size_of::<u32>();
+    let known = uapi::VFIO_IRQ_SET_DATA_TYPE_MASK | uapi::VFIO_IRQ_SET_ACTION_TYPE_MASK;
+    if (hdr.argsz as usize) < minsz
+        || hdr.index >= max_irq_type
+        || hdr.count >= u32::MAX - hdr.start
+        || hdr.flags & !known != 0
+    {
+        return Err(EINVAL);
+    }
+    // No overflow: `count < u32::MAX - start` above.
+    if hdr.start >= num_irqs || hdr.start + hdr.count > num_irqs {
+        return Err(EINVAL);
+    }
+    let data = match hdr.flags & uapi::VFIO_IRQ_SET_DATA_TYPE_MASK {
+        uapi::VFIO_IRQ_SET_DATA_NONE => IrqSetData::None,
+        uapi::VFIO_IRQ_SET_DATA_BOOL => IrqSetData::Bool,
+        uapi::VFIO_IRQ_SET_DATA_EVENTFD => IrqSetData::EventFd,
+        _ => return Err(EINVAL),
+    };
+    // C computes `count * size` in `int`; `count` is below `num_irqs` here, so no overflow.
+    let size = hdr.count as usize * data.size();
+    if (hdr.argsz as usize - minsz) < size {
+        return Err(EINVAL);
+    }
+    Ok((data, size))
+}
+
+/// The callbacks of a [`Virqfd`].
+pub trait VirqfdHandler: Send + Sync {
+    /// The eventfd was signalled; runs in its wakeup, in atomic context. Returns whether
+    /// [`Self::thread`] should run.
+    fn handle(&self) -> bool;
+
+    /// Runs from a workqueue after [`Self::handle`] asked for it.
+    fn thread(&self);
+}
+
+/// An eventfd that calls back into the driver when signalled (`struct virqfd`), e.g. to unmask
+/// an interrupt when userspace, or KVM on its behalf, signals it.
+///
+/// # Invariants
+///
+/// `virqfd` is the `struct virqfd *` the VFIO core sets and clears under its `virqfd_lock`; while
+/// non-null, its callbacks get a pointer to `self` as `opaque`. `self` is pinned and drop
+/// disables it, so the callbacks never see a dangling `self`.
+#[pin_data(PinnedDrop)]
+pub struct Virqfd<H: VirqfdHandler> {
+    #[pin]
+    virqfd: Opaque<*mut bindings::virqfd>,
+    handler: H,
+    #[pin]
+    _pin: core::marker::PhantomPinned,
+}
+
+// SAFETY: The `virqfd` pointer is only touched by the VFIO core under its lock; the handler is `Send`.
+unsafe impl<H: VirqfdHandler> Send for Virqfd<H> {}
+
+// SAFETY: As above; the handler is `Sync`.
+unsafe impl<H: VirqfdHandler> Sync for Virqfd<H> {}
+
+impl<H: VirqfdHandler> Virqfd<H> {
+    /// A disabled virqfd calling `handler`.
+    pub fn new(handler: H) -> impl PinInit<Self> {
+        pin_init!(Virqfd::<H> {
+            virqfd: Opaque::new(core::ptr::null_mut()),
+            handler,
+            _pin: core::marker::PhantomPinned,
+        })
+    }
+
+    /// The handler.
+    pub fn handler(&self) -> &H {
+        &self.handler
+    }
+
+    /// Starts calling the handler when eventfd `fd` is signalled (`vfio_virqfd_enable()`).
+    /// Fails with `EBUSY` if it is already enabled, `EBADF` or `EINVAL` for a bad `fd`.
+    pub fn enable(self: Pin<&Self>, fd: i32) -> Result {
+        let opaque = core::ptr::from_ref(&*self).cast_mut().cast();
+        // SAFETY: `virqfd` is valid and pinned; `opaque` is `self`, which stays valid until drop
+        // disables the virqfd.
+        to_result(unsafe {
+            bindings::vfio_virqfd_enable(
+                opaque,
+                Some(Self::handle_callback),
+                Some(Self::thread_callback),
+                core::ptr::null_mut(),
+                self.virqfd.get(),
+                fd,
+            )
+        })
+    }
+
+    /// Stops calling the handler and waits for running calls (`vfio_virqfd_disable()`).
+    pub fn disable(&self) {
+        // SAFETY: `virqfd` is valid; the core tolerates a disabled virqfd.
+        unsafe { bindings::vfio_virqfd_disable(self.virqfd.get()) };
+    }
+
+    /// Waits for a queued [`VirqfdHandler::thread`] to finish (`vfio_virqfd_flush_thread()`).
+    pub fn flush_thread(&self) {
+        // SAFETY: `virqfd` is valid; the core tolerates a disabled virqfd.
+        unsafe { bindings::vfio_virqfd_flush_thread(self.virqfd.get()) };
+    }
+
+    /// # Safety
+    ///
+    /// `opaque` is the `self` passed by `enable`, still enabled.
+    unsafe extern "C" fn handle_callback(opaque: *mut c_void, _data: *mut c_void) -> c_int {
+        // SAFETY: By the type invariant `opaque` is a live, pinned `Self`.
+        let this = unsafe { &*opaque.cast::<Self>() };
+        this.handler.handle().into()
+    }
+
+    /// # Safety
+    ///
+    /// As [`Self::handle_callback`].
+    unsafe extern "C" fn thread_callback(opaque: *mut c_void, _data: *mut c_void) {
+        // SAFETY: By the type invariant `opaque` is a live, pinned `Self`.
+        let this = unsafe { &*opaque.cast::<Self>() };
+        this.handler.thread();
+    }
+}
+
+#[pinned_drop]
+impl<H: VirqfdHandler> PinnedDrop for Virqfd<H> {
+    fn drop(self: Pin<&mut Self>) {
+        self.disable();
+    }
+}
 
 /// The VFIO device operations built from a [`Driver`].
 struct VTable<T: Driver>(PhantomData<T>);
@@ -755,6 +956,7 @@ impl<T: Driver> VTable<T> {
         get_region_info_caps: Some(Self::get_region_info_caps),
         device_feature: Some(Self::device_feature),
         mmap: Some(Self::mmap),
+        request: Some(Self::request),
         bind_iommufd: Some(bindings::vfio_iommufd_physical_bind),
         unbind_iommufd: Some(bindings::vfio_iommufd_physical_unbind),
         attach_ioas: Some(bindings::vfio_iommufd_physical_attach_ioas),
@@ -918,6 +1120,18 @@ impl<T: Driver> VTable<T> {
             Ok(0)
         })
     }
+
+    /// # Safety
+    ///
+    /// Called by the VFIO core while unregistering a `vfio_device` of a [`Device<T>`] that is
+    /// still open; the parent is bound until unregistration completes.
+    unsafe extern "C" fn request(vdev: *mut bindings::vfio_device, count: c_uint) {
+        // SAFETY: By the safety requirements, `vdev` belongs to a live `Device<T>` whose data
+        // is dropped only after unregistration completes.
+        let dev = unsafe { Device::<T, device::Bound>::from_raw(vdev) };
+        // SAFETY: As above, the data is alive for the whole callback.
+        unsafe { dev.with_data(|data| T::request(dev, data, count)) }
+    }
 }
 
 #[macros::kunit_tests(rust_vfio)]
@@ -944,6 +1158,60 @@ mod tests {
                 .fold(0u32, |acc, &b| (acc << 8) | u32::from(b))
         };
         (field(0, 2) as u16, field(2, 2) as u16, field(4, 4))
+    }
+
+    fn irq_set(argsz: u32, flags: u32, index: u32, start: u32, count: u32) -> uapi::vfio_irq_set {
+        uapi::vfio_irq_set {
+            argsz,
+            flags,
+            index,
+            start,
+            count,
+            ..Default::default()
+        }
+    }
+
+    /// `irq_set_prepare` answers as `vfio_set_irqs_validate_and_prepare()`.
+    #[test]
+    fn irq_set_validation() {
+        let trigger = uapi::VFIO_IRQ_SET_ACTION_TRIGGER;
+        let none = uapi::VFIO_IRQ_SET_DATA_NONE | trigger;
+        let bools = uapi::VFIO_IRQ_SET_DATA_BOOL | trigger;
+        let fds = uapi::VFIO_IRQ_SET_DATA_EVENTFD | trigger;
+        let check = |hdr: uapi::vfio_irq_set, num: u32| irq_set_prepare(&hdr, num, 5);
+
+        assert_eq!(
+            check(irq_set(20, none, 0, 0, 1), 1),
+            Ok((IrqSetData::None, 0))
+        );
+        assert_eq!(
+            check(irq_set(21, bools, 2, 1, 1), 8),
+            Ok((IrqSetData::Bool, 1))
+        );
+        assert_eq!(
+            check(irq_set(36, fds, 2, 4, 4), 8),
+            Ok((IrqSetData::EventFd, 16))
+        );
+        // Disabling: count 0 anywhere below the number of interrupts.
+        assert_eq!(
+            check(irq_set(20, none, 1, 0, 0), 1),
+            Ok((IrqSetData::None, 0))
+        );
+        // Short argsz, for the header or for the data.
+        assert_eq!(check(irq_set(19, none, 0, 0, 1), 1), Err(EINVAL));
+        assert_eq!(check(irq_set(35, fds, 2, 4, 4), 8), Err(EINVAL));
+        // Index past the last type.
+        assert_eq!(check(irq_set(20, none, 5, 0, 1), 1), Err(EINVAL));
+        // Start or start + count beyond the interrupts; no interrupts at all.
+        assert_eq!(check(irq_set(20, none, 2, 8, 0), 8), Err(EINVAL));
+        assert_eq!(check(irq_set(20, none, 2, 7, 2), 8), Err(EINVAL));
+        assert_eq!(check(irq_set(20, none, 0, 0, 1), 0), Err(EINVAL));
+        // Overflow of start + count.
+        assert_eq!(check(irq_set(20, none, 2, 1, u32::MAX - 1), 8), Err(EINVAL));
+        // Unknown flags, no or several data types.
+        assert_eq!(check(irq_set(20, none | 1 << 6, 0, 0, 1), 1), Err(EINVAL));
+        assert_eq!(check(irq_set(20, trigger, 0, 0, 1), 1), Err(EINVAL));
+        assert_eq!(check(irq_set(24, none | bools, 0, 0, 1), 1), Err(EINVAL));
     }
 
     #[test]
