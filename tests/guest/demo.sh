@@ -40,9 +40,9 @@ echo "# nested SeaBIOS: the device's BARs and option ROM"
 grep -aE "bdf=00:01.0|[Oo]ption rom|SeaVGABIOS|VGA" "$out/seabios.log" | head -n 16 | sed 's/^/  /'
 echo "# info mtree -f: the BARs mapped through vfio-pci-rs's mmap"
 sed 's/^/  /' "$out/mtree-dev.txt" 2>/dev/null
-echo "# info pci:"
-grep -B 1 -A 12 "$(printf '%s' "$(cut -c3- "$dev/vendor"):$(cut -c3- "$dev/device")")" "$out/info-pci.txt" 2>/dev/null |
-	sed 's/^/  /'
+echo "# info pci: the device in the nested machine"
+awk '/Bus / { blk = "" } { blk = blk $0 "\n" } /id "hostdev0"/ { printf "%s", blk }' \
+	"$out/info-pci.txt" 2>/dev/null | sed 's/^/  /'
 [ -s "$out/qemu.err" ] && sed 's/^/  qemu: /' "$out/qemu.err"
 echo "# dmesg:"
 dmesg -t | grep -F "$BDF" | tail -n 8 | sed 's/^/  /' || true
