@@ -453,6 +453,12 @@ pub fn irq_phase(
         };
         run(&mut ck, bdf, d);
         let tr = ck.tr;
+        // VFIO_TEST_IRQ_TRANSCRIPT=1: every value as a note (the errno table, for reference).
+        if std::env::var_os("VFIO_TEST_IRQ_TRANSCRIPT").is_some() {
+            for (k, v) in &tr {
+                rep.note(&format!("{subject} {k} = {v}"));
+            }
+        }
         rep.note(&format!(
             "{subject} irq run on {bdf}: {} values in {:.1} s",
             tr.len(),
