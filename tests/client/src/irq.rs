@@ -1263,12 +1263,16 @@ fn edu_intx(ck: &mut Ck, dev: &D, t: &Efd, t2: &Efd) {
     edu_raise(dev, 1);
     ck.fire1("edu-intx-fires", t, true);
     let st = dev.r32(0, EDU_IRQ_STATUS);
+    let v = match &st {
+        Ok(x) => format!("0x{x:x}"),
+        Err(e) => e.clone(),
+    };
     ck.both(
         "edu-intx-status",
-        format!("{st:x?}"),
+        v.clone(),
         match st {
             Ok(1) => Ok(()),
-            other => Err(format!("irq status register: expected 1 got {other:x?}")),
+            _ => Err(format!("irq status register: expected 0x1 got {v}")),
         },
     );
     // Auto-masked: lower and raise again, nothing comes.
