@@ -24,6 +24,9 @@
 //!   replace/unset/re-set one vector, the pending message of a masked vector delivered when it
 //!   is set again, a vector added to enabled MSI-X (dynamic allocation).
 //!
+//! ERR for real where the device has AER: a non-fatal error injected through /dev/aer_inject
+//! (CONFIG_PCIEAER_INJECT) reaches the driver's error_detected, which signals the ERR eventfd.
+//!
 //! Then: close with interrupts and ERR/REQ eventfds live, reopen (all released); REQ: with a
 //! REQ eventfd set and the device open, unbinding the device signals it, the unbind waits for
 //! the close, and the device binds again.
@@ -34,7 +37,6 @@
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::path::Path;
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -68,6 +70,11 @@ const REQ: u32 = uapi::VFIO_PCI_REQ_IRQ_INDEX;
 /// Lower-case names of the five indexes, for check names.
 const INDEX_NAMES: [&str; 5] = ["intx", "msi", "msix", "err", "req"];
 
+/// The AER extended capability.
+const PCI_EXT_CAP_ID_ERR: u16 = 0x0001;
+/// Completion Timeout: an uncorrectable error that is non-fatal by default.
+const PCI_ERR_UNC_COMP_TIME: u32 = 0x0000_4000;
+
 /// A descriptor number no process has open (above any RLIMIT_NOFILE): fdget fails, EBADF.
 const BAD_FD: i32 = 0x3fff_fff0;
 
@@ -94,6 +101,8 @@ pub struct Expect {
     /// 1 << Multiple Message Capable, MSI-X table size, ERR 1, REQ 1.
     pub counts: [u32; 5],
     pub kind: Kind,
+    /// The device has an AER extended capability (errors can be injected below its port).
+    pub aer: bool,
 }
 
 impl Expect {
@@ -114,9 +123,11 @@ impl Expect {
             (0x8086, 0x10c9) => Kind::Igb,
             _ => Kind::Other,
         };
+        let aer = ext_caps(cfg).iter().any(|c| c.id == PCI_EXT_CAP_ID_ERR);
         Expect {
             counts: [intx, msi, msix, 1, 1],
             kind,
+            aer,
         }
     }
 
@@ -497,11 +508,12 @@ fn run(ck: &mut Ck, bdf: &str, driver: Driver) {
         }
     };
     ck.note(&format!(
-        "irq expectations {bdf}: counts intx {} msi {} msix {} err 1 req 1, {:?}",
+        "irq expectations {bdf}: counts intx {} msi {} msix {} err 1 req 1, {:?}{}",
         exp.intx(),
         exp.msi(),
         exp.msix(),
-        exp.kind
+        exp.kind,
+        if exp.aer { ", AER" } else { "" }
     ));
     let gd = match open(bdf) {
         Ok(gd) => gd,
@@ -526,6 +538,9 @@ fn run(ck: &mut Ck, bdf: &str, driver: Driver) {
     sec_info(ck, &dev, &exp);
     sec_bad_input(ck, &dev, &exp, devnull.as_raw_fd());
     sec_err_req(ck, &dev, &exp, devnull.as_raw_fd());
+    if exp.aer {
+        sec_aer(ck, &dev, bdf);
+    }
     if exp.intx() > 0 {
         sec_intx(ck, &dev, &exp, devnull.as_raw_fd());
     }
@@ -539,25 +554,82 @@ fn run(ck: &mut Ck, bdf: &str, driver: Driver) {
     drop(gd);
     sec_close(ck, bdf, &exp);
     sec_req_unbind(ck, bdf, driver);
-    aer_note(ck);
 }
 
-/// Whether error injection is possible in this guest (a note, not a check).
-fn aer_note(ck: &mut Ck) {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    let mut first = false;
-    ONCE.call_once(|| first = true);
-    if !first {
-        return;
+/// `struct aer_error_inj` of drivers/pci/pcie/aer_inject.c, as written to /dev/aer_inject.
+pub fn aer_inj_bytes(bdf: &str, uncor: u32) -> Option<Vec<u8>> {
+    let (domain, rest) = bdf.split_once(':')?;
+    let (bus, devfn) = rest.split_once(':')?;
+    let (dev, func) = devfn.split_once('.')?;
+    let num = |x: &str| u32::from_str_radix(x, 16).ok();
+    let mut b = vec![0u8; 32];
+    b[0] = num(bus)? as u8;
+    b[1] = num(dev)? as u8;
+    b[2] = num(func)? as u8;
+    b[4..8].copy_from_slice(&uncor.to_ne_bytes());
+    b[28..32].copy_from_slice(&num(domain)?.to_ne_bytes());
+    Some(b)
+}
+
+fn aer_inject(bdf: &str, uncor: u32) -> Result<(), String> {
+    let bytes = aer_inj_bytes(bdf, uncor).ok_or_else(|| format!("bad BDF {bdf}"))?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/aer_inject")
+        .map_err(|e| {
+            format!(
+                "/dev/aer_inject: {} (needs CONFIG_PCIEAER_INJECT)",
+                err_name(&e)
+            )
+        })?;
+    match io::Write::write(&mut f, &bytes) {
+        Ok(n) if n == bytes.len() => Ok(()),
+        Ok(n) => Err(format!("aer_inject wrote {n} bytes")),
+        Err(e) => Err(format!("aer_inject: {}", err_name(&e))),
     }
-    let dev = Path::new("/dev/aer_inject").exists();
-    let aer = Path::new("/sys/bus/pci_express/drivers/aer").exists();
-    ck.note(&format!(
-        "irq ERR injection: /dev/aer_inject {}, AER port service driver {} (needs \
-         CONFIG_PCIEAER=y and CONFIG_PCIEAER_INJECT; only ERR set/unset/loopback is checked)",
-        if dev { "present" } else { "absent" },
-        if aer { "present" } else { "absent" }
-    ));
+}
+
+/// ERR for real: an uncorrectable non-fatal error injected below the device's root port goes
+/// through AER recovery to the driver's error_detected, which signals the ERR eventfd.
+fn sec_aer(ck: &mut Ck, dev: &D, bdf: &str) {
+    let x = match Efd::new() {
+        Ok(x) => x,
+        Err(e) => {
+            ck.check("aer-eventfd", Err(err_name(&e)));
+            return;
+        }
+    };
+    ck.errno("aer-err-set", &dev.fds(TRIG, ERR, 0, &[x.raw()]), OK);
+    let r = aer_inject(bdf, PCI_ERR_UNC_COMP_TIME);
+    ck.both(
+        "aer-inject-nonfatal",
+        r.clone().map_or_else(|e| e, |()| "ok".into()),
+        r,
+    );
+    // AER handles the error in its threaded interrupt handler: allow it twice the time.
+    let got = x.wait(FIRE * 2);
+    ck.both(
+        "aer-err-fires",
+        if got > 0 { "fired" } else { "quiet" },
+        if got > 0 {
+            Ok(())
+        } else {
+            Err("no ERR signal within 4 s of the injected error".into())
+        },
+    );
+    ck.fire1("aer-err-fires-once", &x, false);
+    ck.errno("aer-err-unset", &dev.fds(TRIG, ERR, 0, &[-1]), OK);
+    let r = aer_inject(bdf, PCI_ERR_UNC_COMP_TIME);
+    ck.both(
+        "aer-inject-unset",
+        r.clone().map_or_else(|e| e, |()| "ok".into()),
+        r,
+    );
+    std::thread::sleep(FIRE);
+    ck.fire1("aer-err-unset-quiet", &x, false);
+    // The device still answers after the recovery.
+    let (r, _) = irq_info(dev, size_u32::<uapi::VfioIrqInfo>(), ERR);
+    ck.errno("aer-after-recovery-info", &r, OK);
 }
 
 // ------------------------------------------------------------------------------------------
@@ -1942,6 +2014,19 @@ mod tests {
         let e = Expect::new(&cfg, &std_caps(&cfg), 0, 0x1b36, 5);
         assert_eq!(e.counts, [0, 0, 0, 1, 1]);
         assert_eq!(e.kind, Kind::Other);
+    }
+
+    #[test]
+    fn aer_inject_struct() {
+        let b = aer_inj_bytes("0000:07:00.0", PCI_ERR_UNC_COMP_TIME).unwrap();
+        assert_eq!(b.len(), 32);
+        assert_eq!(&b[..4], &[7, 0, 0, 0]);
+        assert_eq!(u32::from_ne_bytes([b[4], b[5], b[6], b[7]]), 0x4000);
+        assert_eq!(&b[8..32], &[0u8; 24]);
+        let b = aer_inj_bytes("0001:0c:02.1", 1).unwrap();
+        assert_eq!(&b[..3], &[0x0c, 2, 1]);
+        assert_eq!(&b[28..32], &1u32.to_ne_bytes());
+        assert!(aer_inj_bytes("zz", 1).is_none());
     }
 
     #[test]
