@@ -3,7 +3,7 @@
 # The user's entry point. Kbuild reads Kbuild, not this file, once the driver is in a tree.
 #
 #   make test          install what is missing, build, run KUnit and the VM tests
-#   make run           the demo: bind a device to vfio-pci-rs in the VM and open it
+#   make run           the demo: a device on vfio-pci-rs passed through to a nested QEMU
 #   make vm CMD='...'  boot the test VM and run CMD as root
 #   make bench         fault/revoke/ioctl benchmark, vfio-pci vs vfio-pci-rs (not in make test)
 #   make kernel        install the driver into the tree and build it
@@ -35,7 +35,7 @@ test:
 	@scripts/test.sh
 
 run: kernel client
-	@scripts/vm.sh 'bash tests/guest/demo.sh'
+	@scripts/run.sh
 
 bench:
 	@scripts/bench.sh

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # make test: install what is missing, build what changed, run KUnit and the integration tests
 # in one VM boot, then the race stress in a second boot (STRESS_SECS per driver, default 60),
-# and fail on any failure. Prints how long each stage took and the total of both boots.
+# then QEMU as a VFIO client in a third (tests/guest/qemu-client.sh), and fail on any
+# failure. Prints how long each stage took and the total of all boots.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 . "$here/common.sh"
@@ -19,6 +20,11 @@ total_start=$SECONDS
 stage deps "$here/deps.sh"
 stage kernel "$here/kernel.sh"
 stage client "$here/client.sh"
+# QEMU_NESTED_LINUX=1: the QEMU boot also boots Linux in the nested QEMU (its initramfs is
+# built here, on the host).
+QEMU_NESTED_LINUX=${QEMU_NESTED_LINUX:-0}
+case "$QEMU_NESTED_LINUX" in 0 | 1) ;; *) die "QEMU_NESTED_LINUX must be 0 or 1" ;; esac
+[ "$QEMU_NESTED_LINUX" = 0 ] || stage initramfs "$here/nested-initramfs.sh"
 stage client-unit bash -c "set -o pipefail; cd '$REPO/tests/client' && cargo test --release --locked --quiet 2>&1 | tail -n 3"
 # Each boot's output is kept (a retried boot's replaces the stalled one's) to add up the
 # boots' final `N passed, N failed` lines at the end.
@@ -48,12 +54,18 @@ boot stress "STRESS_SECS=$STRESS_SECS bash tests/guest/stress.sh"
 stress_status=$?
 [ "$status" != 0 ] || status=$stress_status
 stages+=("vm (race stress): $((SECONDS - vm_start)) s")
+# QEMU as a VFIO client (nested QEMU, TCG) in a boot of its own.
+vm_start=$SECONDS
+boot qemu "QEMU_NESTED_LINUX=$QEMU_NESTED_LINUX NESTED_KERNEL=$KDIR/arch/x86/boot/bzImage NESTED_INITRD=$CACHE/nested/initramfs.cpio.gz bash tests/guest/qemu-client.sh"
+qemu_status=$?
+[ "$status" != 0 ] || status=$qemu_status
+stages+=("vm (QEMU client): $((SECONDS - vm_start)) s")
 set -e
 
 log "== timings"
 for s in "${stages[@]}"; do log "  $s"; done
 log "  total: $((SECONDS - total_start)) s"
-for f in "$results"/main "$results"/stress; do
+for f in "$results"/main "$results"/stress "$results"/qemu; do
 	grep -E '^[0-9]+ passed, [0-9]+ failed$' "$f" 2>/dev/null | tail -n 1
-done | awk '{ p += $1; f += $3 } END { printf "both boots: %d passed, %d failed\n", p, f }'
+done | awk '{ p += $1; f += $3 } END { printf "all boots: %d passed, %d failed\n", p, f }'
 exit $status
