@@ -24,8 +24,12 @@
 //!   replace/unset/re-set one vector, the pending message of a masked vector delivered when it
 //!   is set again, a vector added to enabled MSI-X (dynamic allocation).
 //!
-//! ERR for real where the device has AER: a non-fatal error injected through /dev/aer_inject
-//! (CONFIG_PCIEAER_INJECT) reaches the driver's error_detected, which signals the ERR eventfd.
+//! ERR for real where the device has AER, with VFIO_TEST_AER=1 only: a non-fatal error injected
+//! through /dev/aer_inject (CONFIG_PCIEAER_INJECT) reaches the driver's error_detected, which
+//! signals the ERR eventfd. Not in `make test`: once it has injected, aer_inject serves the
+//! bus's config reads from a spinlock_t taken under the raw pci_lock, which lockdep reports
+//! ("Invalid wait context") at the next INTx unmask of either driver, and its faked AER
+//! registers stay for the rest of the boot.
 //!
 //! Then: close with interrupts and ERR/REQ eventfds live, reopen (all released); REQ: with a
 //! REQ eventfd set and the device open, unbinding the device signals it, the unbind waits for
@@ -538,7 +542,7 @@ fn run(ck: &mut Ck, bdf: &str, driver: Driver) {
     sec_info(ck, &dev, &exp);
     sec_bad_input(ck, &dev, &exp, devnull.as_raw_fd());
     sec_err_req(ck, &dev, &exp, devnull.as_raw_fd());
-    if exp.aer {
+    if exp.aer && std::env::var("VFIO_TEST_AER").is_ok_and(|v| v == "1") {
         sec_aer(ck, &dev, bdf);
     }
     if exp.intx() > 0 {
