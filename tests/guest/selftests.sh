@@ -61,25 +61,39 @@ declare -A res=()      # test|dev|drv|case -> ok | skip | fail
 declare -A reason=()   # test|dev|drv|case -> the SKIP reason or the failure's last words
 declare -A cases=()    # test|dev -> the cases seen on any driver, in order
 declare -A secs=()     # test|dev|drv -> seconds the program ran
+declare -A slow_ms=() slow_case=()  # test|dev|drv -> its slowest case and how long it took
 
 # add_case KEY CASE: remember CASE for KEY's case list once.
 add_case() {
 	case " ${cases[$1]:-} " in *" $2 "*) ;; *) cases[$1]="${cases[$1]:-} $2" ;; esac
 }
 
+# stamp LOG: print each line as it comes, and log it behind the time in microseconds, so
+# that each case's duration can be told from its "#  RUN" and "ok" lines.
+stamp() {
+	local l
+	: > "$1"
+	while IFS= read -r l; do
+		printf '%s\n' "$l"
+		printf '%s %s\n' "${EPOCHREALTIME/./}" "$l" >> "$1"
+	done
+}
+
 # run_one TEST DEV DRV BDF: run the program, record each case's result from its TAP lines.
 run_one() {
-	local test=$1 dev=$2 drv=$3 bdf=$4 log=/tmp/selftest.out start rc line name planned=0 seen=0
+	local test=$1 dev=$2 drv=$3 bdf=$4 log=/tmp/selftest.out start rc us run_us=0 ms line name
+	local planned=0 seen=0
 	local k="$test|$dev|$drv"
 	echo "== $test $dev $drv ($bdf)"
 	start=$SECONDS
-	timeout -k 10 "$(prog_timeout "$test")" "$ST/$test" "${harness_args[@]}" "$bdf" 2>&1 | tee "$log"
+	timeout -k 10 "$(prog_timeout "$test")" "$ST/$test" "${harness_args[@]}" "$bdf" 2>&1 | stamp "$log"
 	rc=${PIPESTATUS[0]}
 	secs[$k]=$((SECONDS - start))
 	echo "# $test $dev $drv: exit $rc after ${secs[$k]} s"
-	while IFS= read -r line; do
+	while read -r us line; do
 		case "$line" in
 		1..*) planned=${line#1..} ;;
+		"#  RUN "*) run_us=$us ;;
 		"ok "* | "not ok "*)
 			name=${line#not }
 			name=${name#ok }
@@ -87,6 +101,8 @@ run_one() {
 			name=${name%% # *}
 			seen=$((seen + 1))
 			add_case "$test|$dev" "$name"
+			ms=$(((us - run_us) / 1000))
+			[ "$ms" -le "${slow_ms[$k]:-0}" ] || { slow_ms[$k]=$ms; slow_case[$k]=$name; }
 			case "$line" in
 			"not ok "*) res[$k|$name]=fail ;;
 			*" # SKIP"*) res[$k|$name]=skip; reason[$k|$name]=${line#* # SKIP } ;;
@@ -101,10 +117,10 @@ run_one() {
 		add_case "$test|$dev" "(program)"
 		if [ "$rc" = 4 ]; then
 			res[$k|(program)]=skip
-			reason[$k|(program)]=$(tail -n 1 "$log")
+			reason[$k|(program)]=$(tail -n 1 "$log" | cut -d' ' -f2-)
 		else
 			res[$k|(program)]=fail
-			reason[$k|(program)]="exit $rc: $(tail -n 1 "$log")"
+			reason[$k|(program)]="exit $rc: $(tail -n 1 "$log" | cut -d' ' -f2-)"
 		fi
 	elif [ "$rc" = 124 ] || [ "$rc" = 137 ] || [ "$seen" -lt "$planned" ]; then
 		add_case "$test|$dev" "(program)"
@@ -126,6 +142,26 @@ for drv in "${drivers[@]}"; do
 	if modprobe "$m"; then ok "selftest modprobe $m"; else bad "selftest modprobe $m"; fi
 done
 
+# The hugetlb variants of vfio_dma_mapping_test map one 2 MiB or 1 GiB page and SKIP when
+# mmap() finds none. Reserve one of each first thing, while a 1 GiB stretch is still free
+# (scripts/test.sh gives this boot 3 GiB), and give them back after that program: the 1 GiB
+# page would otherwise take the memory vfio_pci_driver_test pins (a 1 GiB buffer).
+hugepages() {
+	local n=$1 d
+	for d in /sys/kernel/mm/hugepages/hugepages-2048kB /sys/kernel/mm/hugepages/hugepages-1048576kB; do
+		[ -d "$d" ] && echo "$n" > "$d/nr_hugepages" 2>/dev/null
+	done
+	[ "$n" = 0 ] && return
+	echo "# hugetlb pages reserved: 2 MiB x $(cat /sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages 2>/dev/null || echo 0)," \
+		"1 GiB x $(cat /sys/kernel/mm/hugepages/hugepages-1048576kB/nr_hugepages 2>/dev/null || echo "0 (no pdpe1gb)")"
+}
+
+want_huge=
+if [[ " ${tests[*]} " == *" vfio_dma_mapping_test "* ]] && [ "${SELFTEST_HUGEPAGES:-1}" != 0 ]; then
+	want_huge=1
+	hugepages 1
+fi
+
 # Bind every device under test to its driver for the whole run.
 declare -a bound=()
 for dev in "${devices[@]}"; do
@@ -143,22 +179,8 @@ for dev in "${devices[@]}"; do
 	done
 done
 
-# The hugetlb variants of vfio_dma_mapping_test map one 2 MiB or 1 GiB page and SKIP when
-# mmap() finds none. Reserve one of each for that program only: the 1 GiB page would
-# otherwise take the memory vfio_pci_driver_test pins (a 1 GiB buffer).
-hugepages() {
-	local n=$1 d
-	for d in /sys/kernel/mm/hugepages/hugepages-2048kB /sys/kernel/mm/hugepages/hugepages-1048576kB; do
-		[ -d "$d" ] && echo "$n" > "$d/nr_hugepages" 2>/dev/null
-	done
-	[ "$n" = 0 ] && return
-	echo "# hugetlb pages reserved: 2 MiB x $(cat /sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages 2>/dev/null || echo 0)," \
-		"1 GiB x $(cat /sys/kernel/mm/hugepages/hugepages-1048576kB/nr_hugepages 2>/dev/null || echo "0 (no pdpe1gb)")"
-}
-
 # Test by test, each on every device, each device on the reference driver first.
 for test in "${tests[@]}"; do
-	[ "$test" = vfio_dma_mapping_test ] && [ "${SELFTEST_HUGEPAGES:-1}" != 0 ] && hugepages 1
 	for dev in "${devices[@]}"; do
 		for drv in "${drivers[@]}"; do
 			bdf=$(bdf_of "$dev" "$drv") || continue
@@ -169,7 +191,7 @@ for test in "${tests[@]}"; do
 			run_one "$test" "$dev" "$drv" "$bdf"
 		done
 	done
-	[ "$test" = vfio_dma_mapping_test ] && hugepages 0
+	[ "$test" = vfio_dma_mapping_test ] && [ -n "$want_huge" ] && hugepages 0
 done
 
 echo "== results per case"
@@ -196,7 +218,7 @@ for test in "${tests[@]}"; do
 done
 
 echo "== summary (pass/skip/fail per program, device and driver)"
-printf '%-28s %-5s %-12s %5s %5s %5s %7s\n' test device driver pass skip fail seconds
+printf '%-28s %-5s %-12s %5s %5s %5s %7s  %s\n' test device driver pass skip fail seconds "slowest case (s)"
 declare -A tot_p=() tot_s=() tot_f=()
 for test in "${tests[@]}"; do
 	for dev in "${devices[@]}"; do
@@ -211,7 +233,8 @@ for test in "${tests[@]}"; do
 				*) f=$((f + 1)) ;;
 				esac
 			done
-			printf '%-28s %-5s %-12s %5d %5d %5d %7d\n' "$test" "$dev" "$drv" "$p" "$s" "$f" "${secs[$k]}"
+			printf '%-28s %-5s %-12s %5d %5d %5d %7d  %s\n' "$test" "$dev" "$drv" "$p" "$s" "$f" "${secs[$k]}" \
+				"${slow_case[$k]:+${slow_case[$k]} ($((slow_ms[$k] / 1000)).$((slow_ms[$k] % 1000 / 100)))}"
 			tot_p[$dev|$drv]=$((${tot_p[$dev|$drv]:-0} + p))
 			tot_s[$dev|$drv]=$((${tot_s[$dev|$drv]:-0} + s))
 			tot_f[$dev|$drv]=$((${tot_f[$dev|$drv]:-0} + f))
