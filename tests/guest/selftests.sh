@@ -140,12 +140,16 @@ done
 for drv in "${drivers[@]}"; do
 	m=$(module_of "$drv")
 	if modprobe "$m"; then ok "selftest modprobe $m"; else bad "selftest modprobe $m"; fi
+	# Which build of the module ran: the results hold for that build only.
+	f=$(modinfo -F filename "$m")
+	echo "# $m: $f, built $(date -r "$f" '+%F %T'), sha256 $(sha256sum < "$f" | cut -c1-12)"
 done
 
 # The hugetlb variants of vfio_dma_mapping_test map one 2 MiB or 1 GiB page and SKIP when
-# mmap() finds none. Reserve one of each first thing, while a 1 GiB stretch is still free
-# (scripts/test.sh gives this boot 3 GiB), and give them back after that program: the 1 GiB
-# page would otherwise take the memory vfio_pci_driver_test pins (a 1 GiB buffer).
+# mmap() finds none. Reserve one of each, and give them back after that program: the 1 GiB
+# page would otherwise take the memory vfio_pci_driver_test pins (a 1 GiB buffer). A 1 GiB
+# page is rarely found at runtime; scripts/test.sh reserves it at boot (hugepagesz=1G
+# hugepages=1, 3 GiB guest).
 hugepages() {
 	local n=$1 d
 	for d in /sys/kernel/mm/hugepages/hugepages-2048kB /sys/kernel/mm/hugepages/hugepages-1048576kB; do
