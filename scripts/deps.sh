@@ -12,7 +12,8 @@ QEMU_SUITE=bookworm-backports
 
 need_debs=(clang-19 lld-19 llvm-19 libclang-19-dev flex bison bc libelf-dev libssl-dev
 	   cpio kmod rsync busybox-static zstd xz-utils python3-pip python3-venv
-	   udev iproute2 pciutils socat file dwarves libdw-dev)
+	   udev iproute2 pciutils socat file dwarves libdw-dev
+	   gcc make libc6-dev uuid-dev)   # the last line: the VFIO selftests (scripts/selftests.sh)
 
 missing=()
 for p in "${need_debs[@]}"; do

@@ -16,6 +16,8 @@ here=$(cd "$(dirname "$0")" && pwd)
 VM_TIMEOUT=${VM_TIMEOUT:-3600}
 VM_MEMORY=${VM_MEMORY:-2G}
 VM_CPUS=${VM_CPUS:-1}
+# Extra kernel command line for one boot, e.g. a boot-time hugetlb reservation.
+VM_APPEND=${VM_APPEND:-}
 
 out=$(mktemp -d "$CACHE/vm-run.XXXXXX")
 trap 'rm -rf "$out"' EXIT
@@ -59,7 +61,7 @@ tail_pid=$!
 
 (cd "$KDIR" && exec timeout "$VM_TIMEOUT" vng --disable-kvm --disable-microvm --verbose \
 	--memory "$VM_MEMORY" --cpus "$VM_CPUS" \
-	--append "intel_iommu=on iommu=pt" \
+	--append "intel_iommu=on iommu=pt${VM_APPEND:+ $VM_APPEND}" \
 	--qemu-opts="$qemu_opts" \
 	--rwdir="$out" \
 	--exec "bash $here/guest-exec.sh $out") > "$out/console.log" 2>&1 &

@@ -713,6 +713,13 @@ pub fn run_twin(rep: &mut Reporter, twin: &Twin, drivers: &[Driver]) {
         bound.insert(d, r);
     }
 
+    // VFIO_TEST_ONLY=irq (for short development boots): bind, the interrupt checks, restore.
+    if std::env::var("VFIO_TEST_ONLY").is_ok_and(|v| v == "irq") {
+        crate::irq::irq_phase(rep, twin, drivers, &bound);
+        restore_all(rep, twin, drivers);
+        return;
+    }
+
     let mut records: BTreeMap<Driver, Record> =
         drivers.iter().map(|d| (*d, Record::default())).collect();
     type PhaseFn = fn(&mut Phase, &str, &mut Record) -> Result<(), Stop>;
@@ -740,6 +747,9 @@ pub fn run_twin(rep: &mut Reporter, twin: &Twin, drivers: &[Driver]) {
     if let (Some(c), Some(rs)) = (records.get(&Driver::C), records.get(&Driver::Rs)) {
         parity(rep, &twin.name, c, rs);
     }
+
+    // Interrupts (GET_IRQ_INFO, SET_IRQS): each driver on its own device of the twin.
+    crate::irq::irq_phase(rep, twin, drivers, &bound);
 
     // Both devices in one IOMMU group (e.g. two functions on one conventional bus): open
     // them together and check the C driver will not reset the bus under the Rust device.
@@ -772,6 +782,11 @@ pub fn run_twin(rep: &mut Reporter, twin: &Twin, drivers: &[Driver]) {
         );
     }
 
+    restore_all(rep, twin, drivers);
+}
+
+/// Unbind every device of the twin and clear its driver_override.
+fn restore_all(rep: &mut Reporter, twin: &Twin, drivers: &[Driver]) {
     for &d in drivers {
         let subject = format!("{} {d}", twin.name);
         match sysfs::restore(twin.bdf(d)) {

@@ -12,6 +12,7 @@ mod checks;
 mod cli;
 mod faultsafe;
 mod hold;
+mod irq;
 mod mixed;
 mod mmap;
 mod report;

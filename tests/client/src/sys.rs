@@ -288,6 +288,45 @@ pub fn device_feature(dev: &impl AsRawFd, argsz: u32, flags: u32, data: &[u8]) -
     })
 }
 
+/// `VFIO_DEVICE_SET_IRQS` with every header field chosen by the caller (`hdr`), followed by `data`
+/// (the raw `data[]` bytes: bools, or `__s32` eventfds in native byte order), `argsz` as given
+/// (it may understate or overstate the data on purpose, for the bad-input checks).
+///
+/// The buffer always holds `max(argsz, 20 + data.len())` bytes: the kernel reads the 20-byte
+/// header, then `count` elements only when `argsz - 20` covers them
+/// (`vfio_set_irqs_validate_and_prepare`), so never past the buffer. `argsz` is capped at
+/// 64 KiB.
+pub fn set_irqs(dev: &impl AsRawFd, hdr: uapi::VfioIrqSet, data: &[u8]) -> io::Result<i32> {
+    let min = uapi::VFIO_IRQ_SET_MINSZ as usize;
+    let len = (min + data.len()).max(hdr.argsz as usize);
+    if len > 65536 {
+        return Err(io::Error::from_raw_os_error(libc::E2BIG));
+    }
+    let mut bytes = vec![0u8; len.div_ceil(4) * 4];
+    let fields = [hdr.argsz, hdr.flags, hdr.index, hdr.start, hdr.count];
+    for (i, v) in fields.into_iter().enumerate() {
+        bytes[4 * i..4 * i + 4].copy_from_slice(&v.to_ne_bytes());
+    }
+    bytes[min..min + data.len()].copy_from_slice(data);
+    let mut words: Vec<u32> = bytes
+        .chunks_exact(4)
+        .map(|c| u32::from_ne_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    let ptr = words.as_mut_ptr();
+    // SAFETY: `ptr` points to a live, exclusively borrowed, 4-byte aligned allocation of at
+    // least max(argsz, 20 + data.len()) bytes. The handler reads the 20-byte header, then at
+    // most argsz - 20 bytes of data (it refuses a `count` whose data argsz does not cover),
+    // and writes nothing back. Fds in the data are only looked up by the kernel (fdget), which
+    // fails cleanly for a bad one; `dev` is a live descriptor.
+    check(unsafe {
+        libc::ioctl(
+            dev.as_raw_fd(),
+            uapi::VFIO_DEVICE_SET_IRQS as libc::Ioctl,
+            ptr,
+        )
+    })
+}
+
 /// The symbolic name of an errno value, e.g. `EINVAL`.
 pub fn errno_name(errno: i32) -> String {
     let name = match errno {

@@ -188,6 +188,40 @@ pub const VFIO_IRQ_INFO_MASKABLE: u32 = 1 << 1;
 pub const VFIO_IRQ_INFO_AUTOMASKED: u32 = 1 << 2;
 pub const VFIO_IRQ_INFO_NORESIZE: u32 = 1 << 3;
 
+/// `VFIO_DEVICE_SET_IRQS`: argument `struct vfio_irq_set` followed by `count` data elements
+/// (none, one `__u8` bool or one `__s32` eventfd per interrupt, as `flags` says).
+pub const VFIO_DEVICE_SET_IRQS: u32 = vfio_io(10);
+
+/// `struct vfio_irq_set` without its flexible array `__u8 data[]`, which starts at byte 20.
+/// Not a [`SizedArg`]: the kernel reads `count` elements of data after the header, so
+/// `sys::set_irqs` builds the buffer from a slice.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct VfioIrqSet {
+    pub argsz: u32,
+    pub flags: u32,
+    pub index: u32,
+    pub start: u32,
+    pub count: u32,
+}
+/// `offsetofend(struct vfio_irq_set, count)`: the kernel's minimum `argsz`.
+pub const VFIO_IRQ_SET_MINSZ: u32 = 20;
+pub const VFIO_IRQ_SET_DATA_NONE: u32 = 1 << 0;
+pub const VFIO_IRQ_SET_DATA_BOOL: u32 = 1 << 1;
+pub const VFIO_IRQ_SET_DATA_EVENTFD: u32 = 1 << 2;
+pub const VFIO_IRQ_SET_ACTION_MASK: u32 = 1 << 3;
+pub const VFIO_IRQ_SET_ACTION_UNMASK: u32 = 1 << 4;
+pub const VFIO_IRQ_SET_ACTION_TRIGGER: u32 = 1 << 5;
+pub const VFIO_IRQ_SET_DATA_TYPE_MASK: u32 = 0x7;
+pub const VFIO_IRQ_SET_ACTION_TYPE_MASK: u32 = 0x38;
+
+/// The interrupt indexes of a vfio-pci device (`VFIO_PCI_*_IRQ_INDEX`).
+pub const VFIO_PCI_INTX_IRQ_INDEX: u32 = 0;
+pub const VFIO_PCI_MSI_IRQ_INDEX: u32 = 1;
+pub const VFIO_PCI_MSIX_IRQ_INDEX: u32 = 2;
+pub const VFIO_PCI_ERR_IRQ_INDEX: u32 = 3;
+pub const VFIO_PCI_REQ_IRQ_INDEX: u32 = 4;
+
 /// `struct vfio_pci_dependent_device`: one function a hot reset of the device would reset.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -576,6 +610,7 @@ mod tests {
         assert_eq!(VFIO_DEVICE_GET_INFO, 0x3b6b);
         assert_eq!(VFIO_DEVICE_GET_REGION_INFO, 0x3b6c);
         assert_eq!(VFIO_DEVICE_GET_IRQ_INFO, 0x3b6d);
+        assert_eq!(VFIO_DEVICE_SET_IRQS, 0x3b6e);
         assert_eq!(VFIO_DEVICE_RESET, 0x3b6f);
         assert_eq!(VFIO_DEVICE_GET_PCI_HOT_RESET_INFO, 0x3b70);
         assert_eq!(VFIO_DEVICE_PCI_HOT_RESET, 0x3b71);
@@ -621,6 +656,20 @@ mod tests {
         assert_eq!(size_of::<VfioIrqInfo>(), 16);
         assert_eq!(offset_of!(VfioIrqInfo, index), 8);
         assert_eq!(offset_of!(VfioIrqInfo, count), 12);
+
+        assert_eq!(size_of::<VfioIrqSet>() as u32, VFIO_IRQ_SET_MINSZ);
+        assert_eq!(offset_of!(VfioIrqSet, index), 8);
+        assert_eq!(offset_of!(VfioIrqSet, start), 12);
+        assert_eq!(offset_of!(VfioIrqSet, count), 16);
+        assert_eq!(
+            VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_DATA_BOOL | VFIO_IRQ_SET_DATA_EVENTFD,
+            VFIO_IRQ_SET_DATA_TYPE_MASK
+        );
+        assert_eq!(
+            VFIO_IRQ_SET_ACTION_MASK | VFIO_IRQ_SET_ACTION_UNMASK | VFIO_IRQ_SET_ACTION_TRIGGER,
+            VFIO_IRQ_SET_ACTION_TYPE_MASK
+        );
+        assert_eq!(VFIO_PCI_REQ_IRQ_INDEX + 1, VFIO_PCI_NUM_IRQS);
 
         assert_eq!(size_of::<VfioPciDependentDevice>(), 8);
         assert_eq!(align_of::<VfioPciDependentDevice>(), 4);
