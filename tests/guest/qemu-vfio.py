@@ -25,7 +25,8 @@ Prints `key value` lines on stdout (the shell script decides PASS/FAIL):
     exit CODE             QEMU's exit status after quit (or after it died)
     error TEXT            what went wrong (QEMU's stderr is in DIR/qemu.err)
 DIR gets qemu.err, serial.log, seabios.log, query-pci.json, info-pci.txt, mtree-f.txt (the
-whole flattened tree) and mtree-dev.txt (the lines naming BDF).
+whole flattened tree) and mtree-dev.txt (the lines naming a BDF, sorted), taken once every
+memory BAR is mapped and again after --bios-done.
 """
 
 import argparse
@@ -170,6 +171,17 @@ def main():
             except OSError:
                 bios = ""
             out("#", f"{now - t0:.0f} s: waiting for {what}; SeaBIOS log: {bios}")
+    def snapshot(qmp, mtree):
+        with open(os.path.join(a.out, "mtree-f.txt"), "w") as f:
+            f.write(mtree)
+        # The devices' lines, each once (the flattened view repeats them per address space)
+        # and sorted (the order of the address spaces varies from run to run).
+        lines = {l.strip() for l in mtree.splitlines() if any(b in l for b in a.bdf)}
+        with open(os.path.join(a.out, "mtree-dev.txt"), "w") as f:
+            f.write("".join(l + "\n" for l in sorted(lines)))
+        with open(os.path.join(a.out, "info-pci.txt"), "w") as f:
+            f.write(qmp.hmp("info pci"))
+
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=err, stderr=subprocess.STDOUT)
     deadline = t0 + a.timeout
     qmp = None
@@ -219,17 +231,7 @@ def main():
             progress("info mtree -f")
             time.sleep(0.5)
         out("mtree_s", f"{time.monotonic() - t0:.1f}")
-        with open(os.path.join(a.out, "mtree-f.txt"), "w") as f:
-            f.write(mtree)
-        # Every distinct device line (the flattened view repeats them per address space).
-        seen = []
-        for l in lines:
-            if l not in seen:
-                seen.append(l)
-        with open(os.path.join(a.out, "mtree-dev.txt"), "w") as f:
-            f.write("".join(l + "\n" for l in seen))
-        with open(os.path.join(a.out, "info-pci.txt"), "w") as f:
-            f.write(qmp.hmp("info pci"))
+        snapshot(qmp, mtree)
 
         if a.bios_done:
             rx = re.compile(a.bios_done)
@@ -241,6 +243,9 @@ def main():
                     text = ""
                 if rx.search(text):
                     out("bios_s", f"{time.monotonic() - t0:.1f}")
+                    # Again, now that POST is over: while SeaBIOS runs option ROMs the ROM
+                    # BAR is mapped.
+                    snapshot(qmp, qmp.hmp("info mtree -f"))
                     break
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"no {a.bios_done!r} in the SeaBIOS log after {a.timeout:.0f} s")
