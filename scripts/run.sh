@@ -9,4 +9,4 @@ here=$(cd "$(dirname "$0")" && pwd)
 DEMO_NESTED_LINUX=${DEMO_NESTED_LINUX:-0}
 case "$DEMO_NESTED_LINUX" in 0 | 1) ;; *) die "DEMO_NESTED_LINUX must be 0 or 1" ;; esac
 [ "$DEMO_NESTED_LINUX" = 0 ] || "$here/nested-initramfs.sh" > /dev/null
-"$here/vm.sh" "DEMO_NESTED_LINUX=$DEMO_NESTED_LINUX NESTED_KERNEL=$KDIR/arch/x86/boot/bzImage NESTED_INITRD=$CACHE/nested/initramfs.cpio.gz ${BDF:+BDF=$BDF} bash tests/guest/demo.sh"
+"$here/vm.sh" "DEMO_NESTED_LINUX=$DEMO_NESTED_LINUX ${BDF:+BDF=$BDF} bash tests/guest/demo.sh"

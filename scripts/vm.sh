@@ -23,6 +23,16 @@ out=$(mktemp -d "$CACHE/vm-run.XXXXXX")
 trap 'rm -rf "$out"' EXIT
 printf '%s\n' "$*" > "$out/cmd"
 : > "$out/output"
+# What the guest finds on the host, handed to it explicitly: the guest has none of the user's
+# XDG_CACHE_HOME, VFIO_PCI_RS_CACHE, HOME or KDIR. guest-exec.sh sources this before the
+# command, so a command can still set its own.
+{
+	printf 'export VFIO_PCI_RS_CACHE=%q\n' "$CACHE"
+	printf 'export VFIO_TEST_IVSHMEM_DIR=%q\n' "$CACHE/vm"
+	printf 'export SELFTESTS_DIR=%q\n' "$CACHE/selftests/vfio"
+	printf 'export NESTED_KERNEL=%q\n' "$KDIR/arch/x86/boot/bzImage"
+	printf 'export NESTED_INITRD=%q\n' "$CACHE/nested/initramfs.cpio.gz"
+} > "$out/env"
 
 # ivshmem backing files: 1 GiB each, sparse, shared with the host.
 mkdir -p "$CACHE/vm"

@@ -6,18 +6,17 @@
 # project's own bzImage; the initramfs comes from scripts/nested-initramfs.sh (run on the host
 # first). Ends with `N passed, N failed`.
 #
-#   NESTED_KERNEL=.../bzImage  NESTED_INITRD=.../initramfs.cpio.gz   (default: the cache's)
+#   NESTED_KERNEL=.../bzImage  NESTED_INITRD=.../initramfs.cpio.gz   (scripts/vm.sh sets both)
 #   NESTED_DRIVERS="vfio-pci vfio-pci-rs"   NESTED_DEVICES="vga igb"
 #   NESTED_TIMEOUT=1500   seconds for the nested boot to finish
 set -u
 cd "$(dirname "$0")/../.." || exit 1
 . tests/guest/devices.sh
 
-cache=${VFIO_PCI_RS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/vfio-pci-rs}
 CLIENT=tests/client/target/release/vfio-test
 QV=tests/guest/qemu-vfio.py
-NESTED_KERNEL=${NESTED_KERNEL:-$cache/linux/arch/x86/boot/bzImage}
-NESTED_INITRD=${NESTED_INITRD:-$cache/nested/initramfs.cpio.gz}
+NESTED_KERNEL=${NESTED_KERNEL:?NESTED_KERNEL is not set (scripts/vm.sh sets it)}
+NESTED_INITRD=${NESTED_INITRD:?NESTED_INITRD is not set (scripts/vm.sh sets it)}
 NESTED_DRIVERS=${NESTED_DRIVERS:-vfio-pci vfio-pci-rs}
 NESTED_DEVICES=${NESTED_DEVICES:-vga igb}
 NESTED_TIMEOUT=${NESTED_TIMEOUT:-1500}

@@ -12,14 +12,13 @@
 #   SELFTEST_TESTS    programs to run         (default: the five below)
 #   SELFTEST_ARGS     extra harness arguments, e.g. '-v iommufd' or '-t reset'
 #   SELFTEST_HUGEPAGES=0  do not reserve hugetlb pages (their cases then SKIP)
-#   SELFTESTS_DIR     where the programs are  (default: $CACHE/selftests/vfio)
+#   SELFTESTS_DIR     where the programs are  (scripts/vm.sh sets it: the cache's selftests/vfio)
 set -u
 cd "$(dirname "$0")/../.." || exit 1
 . tests/guest/devices.sh
 
 CLIENT=tests/client/target/release/vfio-test
-CACHE=${VFIO_PCI_RS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/vfio-pci-rs}
-ST=${SELFTESTS_DIR:-$CACHE/selftests/vfio}
+ST=${SELFTESTS_DIR:?SELFTESTS_DIR is not set (scripts/vm.sh sets it)}
 read -ra drivers <<< "${SELFTEST_DRIVERS:-vfio-pci vfio-pci-rs}"
 read -ra devices <<< "${SELFTEST_DEVICES:-igb edu}"
 read -ra tests <<< "${SELFTEST_TESTS:-vfio_pci_device_test vfio_dma_mapping_test vfio_dma_mapping_mmio_test vfio_iommufd_setup_test vfio_pci_driver_test}"

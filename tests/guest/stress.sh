@@ -21,6 +21,7 @@ done
 bdf=${ivshmem%,*}
 
 echo "== race stress: kernel $(uname -r), $(nproc) cpus, $STRESS_SECS s per driver on $bdf"
+echo "# host cache: ${VFIO_PCI_RS_CACHE:-unset}, ivshmem backing files: ${VFIO_TEST_IVSHMEM_DIR:-unset}"
 # 1 GiB (PUD) mappings need 1 GiB pages in the guest CPU.
 if grep -qw pdpe1gb /proc/cpuinfo; then
 	echo "# guest CPU has pdpe1gb (1 GiB pages)"

@@ -356,33 +356,22 @@ fn pattern(len: usize, salt: u8) -> Vec<u8> {
         .collect()
 }
 
-/// The ivshmem backing files the guest can see (the host's cache directory is shared).
-pub(crate) fn ivshmem_files() -> Vec<PathBuf> {
-    let mut dirs: Vec<PathBuf> = Vec::new();
-    if let Ok(d) = std::env::var("VFIO_TEST_IVSHMEM_DIR") {
-        dirs.push(PathBuf::from(d));
+/// The ivshmem backing files, in the directory scripts/vm.sh hands the guest in
+/// `VFIO_TEST_IVSHMEM_DIR` (the host's cache is wherever the user keeps it, so nothing is
+/// guessed here).
+pub(crate) fn ivshmem_files() -> Result<Vec<PathBuf>, String> {
+    let dir = std::env::var_os("VFIO_TEST_IVSHMEM_DIR")
+        .ok_or("VFIO_TEST_IVSHMEM_DIR is not set (scripts/vm.sh sets it)")?;
+    let dir = PathBuf::from(dir);
+    let files: Vec<PathBuf> = ["ivshmem1", "ivshmem2"]
+        .iter()
+        .map(|n| dir.join(n))
+        .filter(|p| p.exists())
+        .collect();
+    if files.is_empty() {
+        return Err(format!("no ivshmem backing file in {}", dir.display()));
     }
-    if let Ok(c) = std::env::var("VFIO_PCI_RS_CACHE") {
-        dirs.push(Path::new(&c).join("vm"));
-    }
-    if let Ok(x) = std::env::var("XDG_CACHE_HOME") {
-        dirs.push(Path::new(&x).join("vfio-pci-rs/vm"));
-    }
-    if let Ok(h) = std::env::var("HOME") {
-        dirs.push(Path::new(&h).join(".cache/vfio-pci-rs/vm"));
-    }
-    dirs.push(PathBuf::from("/root/.cache/vfio-pci-rs/vm"));
-    for d in dirs {
-        let f: Vec<PathBuf> = ["ivshmem1", "ivshmem2"]
-            .iter()
-            .map(|n| d.join(n))
-            .filter(|p| p.exists())
-            .collect();
-        if !f.is_empty() {
-            return f;
-        }
-    }
-    Vec::new()
+    Ok(files)
 }
 
 // ------------------------------------------------------------------------------------------
@@ -1422,6 +1411,7 @@ fn ivshmem(ck: &mut Ck, dev: &File, lay: &Layout, run: u32) {
     let w = wr(dev, 2, off, &data);
     let files = ivshmem_files();
     let v = (|| {
+        let files = files.as_ref().map_err(String::clone)?;
         match &w {
             Ok(4096) => {}
             _ => {
@@ -1431,11 +1421,8 @@ fn ivshmem(ck: &mut Ck, dev: &File, lay: &Layout, run: u32) {
                 ))
             }
         }
-        if files.is_empty() {
-            return Err("no ivshmem backing file visible (set VFIO_TEST_IVSHMEM_DIR)".into());
-        }
         let mut seen = Vec::new();
-        for f in &files {
+        for f in files {
             let fh = File::open(f).map_err(|e| format!("{}: {e}", f.display()))?;
             let mut buf = vec![0u8; 4096];
             let n = fh

@@ -747,9 +747,6 @@ pub fn drop_caches() {
 /// Compare the first `size` bytes of each candidate backing file, per 2 MiB chunk, with the
 /// pattern for `seed`. The file that matches best (the one behind this device) is reported.
 pub fn check_host_file(files: &[PathBuf], size: u64, seed: u64) -> Result<FileCheck, String> {
-    if files.is_empty() {
-        return Err("no ivshmem backing file visible (set VFIO_TEST_IVSHMEM_DIR)".into());
-    }
     drop_caches();
     // Which file: the one whose first chunk matches.
     let mut buf = vec![0u8; M2 as usize];
@@ -1183,7 +1180,7 @@ fn stress_driver(rep: &mut Reporter, bdf: &str, driver: Driver, secs: u64) {
         Ok(()) => rep.pass(&subject, "data-fill"),
         Err(e) => rep.fail(&subject, "data-fill", &e),
     }
-    match check_host_file(&ivshmem_files(), bar_size, seed2) {
+    match ivshmem_files().and_then(|files| check_host_file(&files, bar_size, seed2)) {
         Ok(fc) if fc.bad_chunks.is_empty() => {
             rep.note(&format!(
                 "{subject}: {} ({} chunks of 2 MiB) holds the pattern; data check took {:.1} s",
