@@ -49,24 +49,37 @@ module! {
         nointxmask: bool {
             default: false,
             description: "Disable support for PCI 2.3 style INTx masking.  If this resolves problems for specific devices, report lspci -vvvxxx to linux-pci@vger.kernel.org so the device can be fixed automatically via the broken_intx_masking flag.",
+            permissions: 0o644,
         },
         disable_vga: bool {
             default: false,
             description: "Disable VGA resource access through vfio-pci",
+            permissions: 0o444,
         },
         disable_idle_d3: bool {
             default: false,
             description: "Disable using the PCI D3 low power state for idle, unused devices",
+            permissions: 0o644,
         },
         disable_denylist: bool {
             default: false,
             description: "Disable use of device denylist. Disabling the denylist allows binding to devices with known errata that may lead to exploitable stability or security issues when accessed by untrusted users.",
+            permissions: 0o444,
         },
     },
 }
 
 /// The `vfio-pci-rs` PCI driver.
 struct VfioPciDriver;
+
+/// The name of the PCI driver: `vfio-pci-rs` beside the C vfio-pci, and `vfio-pci` in a kernel
+/// without it, so that userspace that knows the driver by that name (DPDK, dpdk-devbind, SPDK,
+/// libvirt) finds it.
+const DRIVER_NAME: &CStr = if cfg!(CONFIG_VFIO_PCI) {
+    c"vfio-pci-rs"
+} else {
+    c"vfio-pci"
+};
 
 kernel::pci_device_table!(
     PCI_TABLE,
@@ -189,8 +202,9 @@ impl Drop for MemoryEnabled<'_> {
     }
 }
 
-/// The module parameters that shape a function's handling, read at probe as C reads them at
-/// module load.
+/// The module parameters that shape a function's handling, latched per function at probe as
+/// C's `vfio_pci_init_dev()` latches them: a later write through sysfs affects the functions
+/// bound after it.
 struct Params {
     disable_denylist: bool,
     disable_vga: bool,
@@ -203,8 +217,8 @@ impl Params {
         Self {
             disable_denylist: *module_parameters::disable_denylist.value_ref(),
             disable_vga: *module_parameters::disable_vga.value_ref(),
-            disable_idle_d3: *module_parameters::disable_idle_d3.value_ref(),
-            nointxmask: *module_parameters::nointxmask.value_ref(),
+            disable_idle_d3: module_parameters::disable_idle_d3.value(),
+            nointxmask: module_parameters::nointxmask.value(),
         }
     }
 }
@@ -290,7 +304,7 @@ impl VfioPciCore {
                 memory_lock,
                 dmabufs,
                 bar_mmap_supported: [const { AtomicBool::new(false) }; 6],
-                has_vga: cfg!(CONFIG_VFIO_PCI_VGA) && !params.disable_vga && is_vga(pdev),
+                has_vga: cfg!(CONFIG_VFIO_PCI_RUST_VGA) && !params.disable_vga && is_vga(pdev),
                 disable_idle_d3: params.disable_idle_d3,
                 nointxmask: params.nointxmask,
                 needs_reset: AtomicBool::new(false),
@@ -926,7 +940,7 @@ impl VfioPciCore {
 
 impl vfio::Driver for VfioPciCore {
     type Data = Self;
-    const NAME: &'static CStr = c"vfio-pci-rs";
+    const NAME: &'static CStr = DRIVER_NAME;
 
     /// `vfio_pci_core_enable()`.
     fn open_device(vdev: &vfio::Device<Self, Bound>, this: Pin<&Self>) -> Result {
@@ -1162,7 +1176,7 @@ struct VfioPciModule {
 impl kernel::InPlaceModule for VfioPciModule {
     fn init(module: &'static ThisModule) -> impl PinInit<Self, Error> {
         try_pin_init!(Self {
-            driver <- driver::Registration::new(c"vfio-pci-rs", module),
+            driver <- driver::Registration::new(DRIVER_NAME, module),
         })
         .pin_chain(|this| {
             add_ids(&this.driver, module_parameters::ids.value_ref().as_bytes());

@@ -6,7 +6,16 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # runs (which inherit the KDIR set below) still know whether the tree is the user's.
 [ -n "${VFIO_PCI_RS_USER_KDIR+set}" ] || export VFIO_PCI_RS_USER_KDIR=${KDIR:-}
 KDIR_USER=$VFIO_PCI_RS_USER_KDIR
-KDIR=${KDIR_USER:-$CACHE/linux}
+# VFIO_PCI_RS_STANDALONE=1 (make standalone): the kernel without the C vfio-pci, in a tree
+# and build of its own; config/vfio-pci-rs-standalone.config is merged after the fragment.
+VFIO_PCI_RS_STANDALONE=${VFIO_PCI_RS_STANDALONE:-0}
+FRAGMENTS=("$REPO/config/vfio-pci-rs.config")
+if [ "$VFIO_PCI_RS_STANDALONE" = 1 ]; then
+	KDIR=${KDIR_USER:-$CACHE/linux-standalone}
+	FRAGMENTS+=("$REPO/config/vfio-pci-rs-standalone.config")
+else
+	KDIR=${KDIR_USER:-$CACHE/linux}
+fi
 export PATH="$HOME/.cargo/bin:$CACHE/venv/bin:$PATH"
 mkdir -p "$CACHE"
 

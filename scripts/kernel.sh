@@ -6,7 +6,6 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 . "$here/common.sh"
 
-FRAGMENT=$REPO/config/vfio-pci-rs.config
 MAKE=(make -C "$KDIR" LLVM=-19 -j"$(nproc)")
 
 if [ -z "$KDIR_USER" ] && [ ! -f "$KDIR/Makefile" ]; then
@@ -21,40 +20,47 @@ fi
 
 "$here/install-tree.sh" "$KDIR"
 
-# Configure: virtme-ng's config plus the fragment, once per fragment version.
+# Configure: virtme-ng's config plus the fragments (common.sh), once per fragment version.
+names=$(for f in "${FRAGMENTS[@]}"; do printf 'config/%s ' "$(basename "$f")"; done)
 stamp=$KDIR/.vfio-pci-rs.config-stamp
-want=$(sha256sum "$FRAGMENT" | cut -d' ' -f1)
+want=$(cat "${FRAGMENTS[@]}" | sha256sum | cut -d' ' -f1)
 if [ ! -f "$KDIR/.config" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
 	if [ -n "$KDIR_USER" ] && [ -f "$KDIR/.config" ]; then
-		# The user's own tree keeps its config; the fragment is merged onto it.
-		log "kernel: merging config/vfio-pci-rs.config onto $KDIR/.config"
+		# The user's own tree keeps its config; the fragments are merged onto it.
+		log "kernel: merging ${names% } onto $KDIR/.config"
 	else
-		log "kernel: configuring (vng --kconfig + config/vfio-pci-rs.config)"
+		log "kernel: configuring (vng --kconfig + ${names% })"
 		(cd "$KDIR" && vng --kconfig >/dev/null 2>&1)
 	fi
-	(cd "$KDIR" && scripts/kconfig/merge_config.sh -m .config "$FRAGMENT" >/dev/null)
+	(cd "$KDIR" && scripts/kconfig/merge_config.sh -m .config "${FRAGMENTS[@]}" >/dev/null)
 	"${MAKE[@]}" -s olddefconfig
 	echo "$want" > "$stamp"
 else
 	"${MAKE[@]}" -s olddefconfig
 fi
 
-# Every symbol of the fragment must have taken.
+# Every symbol of the fragments must have taken, as the last fragment that names it says.
+declare -A wanted=()
+for f in "${FRAGMENTS[@]}"; do
+	while read -r line; do
+		case "$line" in
+		CONFIG_*=*) sym=${line%%=*}; val=${line#*=} ;;
+		"# CONFIG_"*" is not set") sym=${line#\# }; sym=${sym%% *}; val=n ;;
+		*) continue ;;
+		esac
+		wanted[$sym]=$val
+	done < "$f"
+done
 bad=0
-while read -r line; do
-	case "$line" in
-	CONFIG_*=*) sym=${line%%=*}; val=${line#*=} ;;
-	"# CONFIG_"*" is not set") sym=${line#\# }; sym=${sym%% *}; val=n ;;
-	*) continue ;;
-	esac
+for sym in "${!wanted[@]}"; do
 	got=$(grep -E "^$sym=" "$KDIR/.config" | cut -d= -f2- || true)
 	[ -n "$got" ] || got=n
-	if [ "$got" != "$val" ]; then
-		log "kernel: config $sym=$got, the fragment wants $val"
+	if [ "$got" != "${wanted[$sym]}" ]; then
+		log "kernel: config $sym=$got, the fragments want ${wanted[$sym]}"
 		bad=1
 	fi
-done < "$FRAGMENT"
-[ "$bad" = 0 ] || die "config fragment did not take"
+done
+[ "$bad" = 0 ] || die "config fragments did not take"
 
 "${MAKE[@]}" rustavailable >/dev/null || die "Rust is not available for this tree"
 

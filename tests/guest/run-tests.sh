@@ -182,6 +182,70 @@ else
 fi
 modprobe vfio_pci && modprobe vfio_pci_rs
 
+echo "== module parameters in sysfs"
+# C's permissions and values, for every parameter of vfio_pci that vfio_pci_rs has; `ids` is
+# not in sysfs on either. A write to a writable one takes effect for the functions bound after
+# it, as C latches them per function at probe: disable_idle_d3 decides whether an idle bound
+# function sleeps in D3hot. A bad value is refused alike.
+param_state() {
+	local mod=$1 p f out=
+	for p in ids nointxmask disable_vga disable_idle_d3 disable_denylist; do
+		f=/sys/module/$mod/parameters/$p
+		if [ -e "$f" ]; then out+="$p=$(stat -c %a "$f"):$(cat "$f") "; else out+="$p=absent "; fi
+	done
+	echo "$out"
+}
+param_c=$(param_state vfio_pci)
+param_rs=$(param_state vfio_pci_rs)
+echo "# vfio_pci: $param_c"
+if [ "$param_c" = "$param_rs" ]; then
+	ok "module parameters: same sysfs permissions and values"
+else
+	bad "module parameters: vfio_pci_rs: $param_rs"
+fi
+testdev=${TWINS[2]#*=}
+# idle_state DRV MOD BDF VALUE: the power state of BDF bound to DRV after MOD's
+# disable_idle_d3 was set to VALUE.
+idle_state() {
+	local drv=$1 mod=$2 bdf=$3 state
+	echo "$4" > "/sys/module/$mod/parameters/disable_idle_d3" || { echo "write refused"; return; }
+	"$CLIENT" bind "$bdf" "$drv" > /dev/null || { echo "bind failed"; return; }
+	# C suspends an idle function through runtime PM, asynchronously: give it 5 s.
+	for _ in $(seq 50); do
+		state=$(cat "/sys/bus/pci/devices/$bdf/power_state")
+		[ "$state" = D3hot ] && break
+		sleep 0.1
+	done
+	"$CLIENT" unbind "$bdf" > /dev/null
+	echo "$state"
+}
+for v in Y N; do
+	st_c=$(idle_state vfio-pci vfio_pci "${testdev%,*}" "$v")
+	st_rs=$(idle_state vfio-pci-rs vfio_pci_rs "${testdev#*,}" "$v")
+	if [ "$st_c" = "$st_rs" ] && case "$v:$st_c" in Y:D0 | N:D3hot) true ;; *) false ;; esac; then
+		ok "disable_idle_d3=$v written at runtime: an idle bound function is in $st_c on both"
+	else
+		bad "disable_idle_d3=$v written at runtime: vfio-pci $st_c, vfio-pci-rs $st_rs"
+	fi
+done
+bad_write() {
+	local err
+	if err=$(echo maybe 2>&1 > "/sys/module/$1/parameters/nointxmask"); then
+		echo accepted
+	else
+		echo "${err##*: }"
+	fi
+}
+bw_c=$(bad_write vfio_pci)
+bw_rs=$(bad_write vfio_pci_rs)
+if [ "$bw_c" = "$bw_rs" ] && [ "$bw_c" != accepted ]; then
+	ok "nointxmask=maybe refused on both ($bw_c)"
+else
+	bad "nointxmask=maybe: vfio-pci '$bw_c', vfio-pci-rs '$bw_rs'"
+fi
+[ "$(cat /sys/module/vfio_pci_rs/parameters/nointxmask)" = N ] ||
+	bad "nointxmask changed by a refused write"
+
 echo "== module unload"
 for m in vfio_pci_rs vfio_pci; do
 	if rmmod "$m"; then ok "rmmod $m"; else bad "rmmod $m"; fi

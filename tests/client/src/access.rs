@@ -2175,9 +2175,9 @@ pub fn swap_targets(twin: &Twin) -> Vec<(String, Option<String>)> {
 /// Bind `bdf` (and the function sharing its IOMMU group, if any) to `d`.
 fn bind_all(bdf: &str, partner: &Option<String>, d: Driver) -> Result<(), String> {
     if let Some(p) = partner {
-        sysfs::bind(p, d.name()).map_err(|e| format!("{p}: {e}"))?;
+        sysfs::bind(p, &d.pci_name()).map_err(|e| format!("{p}: {e}"))?;
     }
-    sysfs::bind(bdf, d.name()).map_err(|e| format!("{bdf}: {e}"))
+    sysfs::bind(bdf, &d.pci_name()).map_err(|e| format!("{bdf}: {e}"))
 }
 
 /// The swap phase of one twin: each target bound to each driver in turn, probed, compared;
@@ -2278,9 +2278,9 @@ pub fn swap_phase(rep: &mut Reporter, twin: &Twin, drivers: &[Driver]) {
         };
         let mut back = Ok(());
         if let Some(p) = &partner {
-            back = back.and(sysfs::bind(p, home(p).name()));
+            back = back.and(sysfs::bind(p, &home(p).pci_name()));
         }
-        back = back.and(sysfs::bind(&bdf, home(&bdf).name()));
+        back = back.and(sysfs::bind(&bdf, &home(&bdf).pci_name()));
         match back {
             Ok(()) => rep.pass(&format!("{} swap", twin.name), &format!("{prefix}rebind")),
             Err(e) => rep.fail(

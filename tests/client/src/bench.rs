@@ -345,7 +345,7 @@ fn region_info_latency(dev: &File) -> Result<Sample, String> {
 
 /// One run on `bdf` bound to `driver`: every measure, in MEASURES order.
 fn bench_run(bdf: &str, driver: Driver) -> Result<Vec<Result<Sample, String>>, String> {
-    sysfs::bind(bdf, driver.name())?;
+    sysfs::bind(bdf, &driver.pci_name())?;
     let mut quiet = Quiet::default();
     let gd =
         open_via_group(bdf, &mut quiet).map_err(|_| quiet.failure.take().unwrap_or_default())?;

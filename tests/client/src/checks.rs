@@ -705,7 +705,7 @@ pub fn run_twin(rep: &mut Reporter, twin: &Twin, drivers: &[Driver]) {
     let mut bound: BTreeMap<Driver, Result<(), String>> = BTreeMap::new();
     for &d in drivers {
         let subject = format!("{} {d}", twin.name);
-        let r = sysfs::bind(twin.bdf(d), d.name());
+        let r = sysfs::bind(twin.bdf(d), &d.pci_name());
         match &r {
             Ok(()) => rep.pass(&subject, "bind"),
             Err(e) => rep.fail(&subject, "bind", &format!("{}: {e}", twin.bdf(d))),

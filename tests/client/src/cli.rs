@@ -41,6 +41,26 @@ impl Driver {
         }
     }
 
+    /// The name the driver has on the PCI bus, for binding. vfio-pci-rs registers as
+    /// `vfio-pci` in a kernel without the C driver; the guest script then says so in
+    /// `VFIO_TEST_RS_PCI_DRIVER`.
+    pub fn pci_name(self) -> String {
+        match self {
+            Driver::C => self.name().to_string(),
+            Driver::Rs => {
+                std::env::var("VFIO_TEST_RS_PCI_DRIVER").unwrap_or_else(|_| self.name().to_string())
+            }
+        }
+    }
+
+    /// The kernel module of the driver.
+    pub fn module(self) -> &'static str {
+        match self {
+            Driver::C => "vfio_pci",
+            Driver::Rs => "vfio_pci_rs",
+        }
+    }
+
     pub fn parse(s: &str) -> Result<Driver, String> {
         match s {
             "vfio-pci" | "vfio_pci" => Ok(Driver::C),

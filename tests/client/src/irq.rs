@@ -1954,7 +1954,7 @@ fn sec_req_unbind(ck: &mut Ck, bdf: &str, driver: Driver) {
             ))
         },
     );
-    let rebind = sysfs::bind(bdf, driver.name());
+    let rebind = sysfs::bind(bdf, &driver.pci_name());
     ck.check("req-rebind", rebind.clone());
     let again = open(bdf).and_then(|gd| {
         let (r, info) = irq_info(&D(&gd.device), size_u32::<uapi::VfioIrqInfo>(), REQ);

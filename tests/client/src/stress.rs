@@ -882,14 +882,14 @@ fn settle(module: &str, base: &Census, secs: u64) -> Census {
 /// Run the stress on `bdf` bound to `driver` for `secs`.
 fn stress_driver(rep: &mut Reporter, bdf: &str, driver: Driver, secs: u64) {
     let subject = format!("stress {driver}");
-    let module = sysfs::module_for_driver(driver.name());
+    let module = driver.module();
     let since = dmesg().map(|l| l.len()).unwrap_or(0);
-    if let Err(e) = sysfs::bind(bdf, driver.name()) {
+    if let Err(e) = sysfs::bind(bdf, &driver.pci_name()) {
         rep.fail(&subject, "bind", &e);
         return;
     }
     rep.pass(&subject, "bind");
-    let base = Census::take(&module);
+    let base = Census::take(module);
 
     let mut quiet = Quiet::default();
     let gd = match open_via_group(bdf, &mut quiet) {
@@ -1211,10 +1211,10 @@ fn stress_driver(rep: &mut Reporter, bdf: &str, driver: Driver, secs: u64) {
 
     // Everything closed: nothing may be left behind.
     watch(&format!("{subject} close"), Duration::from_secs(120));
-    let open = Census::take(&module);
+    let open = Census::take(module);
     drop(dev);
     drop(session);
-    let after = settle(&module, &base, 10);
+    let after = settle(module, &base, 10);
     rep.note(&format!(
         "{subject}: census before open / while open / after close: module refcnt {:?}/{:?}/{:?}, DMABUFs {:?}/{:?}/{:?}, files {:?}/{:?}/{:?}, SUnreclaim KiB {:?}/{:?}/{:?}",
         base.module_refcnt, open.module_refcnt, after.module_refcnt,
