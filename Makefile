@@ -9,13 +9,14 @@
 #   make kernel        install the driver into the tree and build it
 #   make install KDIR=/path/to/linux-7.3   place the driver into your own tree
 #   make check         rustfmt, clippy and checkpatch
+#   make standalone    a second kernel without the C vfio-pci, booted once (not in make test)
 #
 # KDIR=/path uses your own 7.3 tree instead of the cached one.
 
 SHELL := /bin/bash
 export KDIR
 
-.PHONY: all deps kernel install client test run vm check kunit clean-cache bench
+.PHONY: all deps kernel install client test run vm check kunit clean-cache bench standalone
 
 all: kernel
 
@@ -39,6 +40,9 @@ run: kernel client
 
 bench:
 	@scripts/bench.sh
+
+standalone:
+	@scripts/standalone.sh
 
 vm: kernel client
 	@scripts/vm.sh '$(CMD)'

@@ -6,13 +6,8 @@ cd "$(dirname "$0")/../.." || exit 1
 . tests/guest/devices.sh
 
 CLIENT=tests/client/target/release/vfio-test
-# Every KUnit suite the module must run; a missing one fails.
-KUNIT_SUITES=(rust_rwsem rust_vfio vfio_pci_rs_ids vfio_pci_rs_rdwr vfio_pci_rs_config vfio_pci_rs_dmabuf)
 
-pass=0
-fail=0
-ok() { echo "PASS $*"; pass=$((pass + 1)); }
-bad() { echo "FAIL $*"; fail=$((fail + 1)); }
+. tests/guest/report.sh
 
 echo "== kernel $(uname -r), $(nproc) cpus"
 for m in vfio_pci vfio_pci_rs; do
@@ -29,36 +24,11 @@ for m in vfio_pci vfio_pci_rs; do
 done
 
 echo "== KUnit"
-ktap=$(dmesg -t | sed -n '/^KTAP version/,$p')
-for suite in "${KUNIT_SUITES[@]}"; do
-	cases=$(printf '%s\n' "$ktap" | awk -v s="$suite" '
-		$0 ~ "^    # Subtest: " s "$" { in_suite = 1; next }
-		in_suite && /^    (not )?ok [0-9]+ / { print }
-		in_suite && $0 ~ "^(not )?ok [0-9]+ " s "$" { exit }')
-	if [ -z "$cases" ]; then
-		bad "kunit $suite: suite did not run"
-		continue
-	fi
-	while read -r line; do
-		name=$(echo "$line" | sed -E 's/^(not )?ok [0-9]+ //; s/ #.*//')
-		case "$line" in
-		"ok "*) ok "kunit $suite.$name" ;;
-		*) bad "kunit $suite.$name" ;;
-		esac
-	done <<< "$cases"
-	printf '%s\n' "$ktap" | grep -E "^(not )?ok [0-9]+ $suite$" | grep -q '^ok' ||
-		bad "kunit $suite: suite result"
-done
+check_kunit
 
 echo "== integration (vfio-pci vs vfio-pci-rs)"
 "$CLIENT" "${TWINS[@]}" 2>&1 | tee /tmp/client.out
-summary=$(grep -E '^[0-9]+ passed, [0-9]+ failed' /tmp/client.out | tail -n1)
-if [ -z "$summary" ]; then
-	bad "integration client printed no summary"
-else
-	pass=$((pass + $(echo "$summary" | cut -d' ' -f1)))
-	fail=$((fail + $(echo "$summary" | cut -d' ' -f3)))
-fi
+add_summary /tmp/client.out "integration client"
 
 echo "== open device vs unbind and rmmod"
 # now_ms: milliseconds since boot.
@@ -252,13 +222,7 @@ for m in vfio_pci_rs vfio_pci; do
 done
 
 echo "== kernel health"
-if grep -qE '^ *debug_locks: +1$' /proc/lockdep_stats; then
-	ok "lockdep still on (debug_locks=1)"
-else
-	bad "lockdep turned itself off (debug_locks!=1)"
-fi
-splats=$(dmesg -t | grep -E 'WARNING:|BUG:|Oops|possible circular locking|circular locking dependency|INFO: task .* blocked|UBSAN|KASAN|refcount_t:' || true)
-if [ -z "$splats" ]; then ok "no WARN/BUG/lockdep splat in dmesg"; else bad "kernel splat: $splats"; fi
+check_health
 
 echo "$pass passed, $fail failed"
 [ "$fail" = 0 ]

@@ -25,10 +25,7 @@ read -ra tests <<< "${SELFTEST_TESTS:-vfio_pci_device_test vfio_dma_mapping_test
 read -ra harness_args <<< "${SELFTEST_ARGS:-}"
 REF=vfio-pci
 
-pass=0
-fail=0
-ok() { echo "PASS $*"; pass=$((pass + 1)); }
-bad() { echo "FAIL $*"; fail=$((fail + 1)); }
+. tests/guest/report.sh
 
 # Bound for one program run. The harness bounds each case itself (30 s, memcpy_storm 60 s,
 # both times the scale scripts/selftests.sh built with); this only catches a program stuck
@@ -298,13 +295,7 @@ for drv in vfio-pci-rs vfio-pci; do
 done
 
 echo "== kernel health"
-if grep -qE '^ *debug_locks: +1$' /proc/lockdep_stats; then
-	ok "selftest lockdep still on (debug_locks=1)"
-else
-	bad "selftest lockdep turned itself off (debug_locks!=1)"
-fi
-splats=$(dmesg -t | grep -E 'WARNING:|BUG:|Oops|possible circular locking|circular locking dependency|INFO: task .* blocked|UBSAN|KASAN|refcount_t:' || true)
-if [ -z "$splats" ]; then ok "selftest no WARN/BUG/lockdep splat in dmesg"; else bad "selftest kernel splat: $splats"; fi
+check_health selftest
 
 echo "$pass passed, $fail failed"
 [ "$fail" = 0 ]

@@ -10,12 +10,8 @@ cd "$(dirname "$0")/../.." || exit 1
 
 CLIENT=tests/client/target/release/vfio-test
 DRIVER=${VFIO_TEST_RS_PCI_DRIVER:?set by scripts/standalone.sh}
-KUNIT_SUITES=(rust_rwsem rust_vfio vfio_pci_rs_ids vfio_pci_rs_rdwr vfio_pci_rs_config vfio_pci_rs_dmabuf)
 
-pass=0
-fail=0
-ok() { echo "PASS $*"; pass=$((pass + 1)); }
-bad() { echo "FAIL $*"; fail=$((fail + 1)); }
+. tests/guest/report.sh
 
 echo "== standalone kernel $(uname -r), $(nproc) cpus"
 config=/proc/config.gz
@@ -38,24 +34,11 @@ fi
 [ -e /sys/bus/pci/drivers/vfio-pci-rs ] && bad "a driver vfio-pci-rs exists too"
 
 echo "== KUnit"
-ktap=$(dmesg -t | sed -n '/^KTAP version/,$p')
-for suite in "${KUNIT_SUITES[@]}"; do
-	if printf '%s\n' "$ktap" | grep -qE "^ok [0-9]+ $suite$"; then
-		ok "kunit $suite"
-	else
-		bad "kunit $suite: $(printf '%s\n' "$ktap" | grep -E "^(not )?ok [0-9]+ $suite$" || echo "did not run")"
-	fi
-done
+check_kunit
 
 echo "== integration (vfio-pci-rs alone, as $DRIVER)"
 "$CLIENT" --only-driver vfio-pci-rs "${TWINS[@]}" 2>&1 | tee /tmp/client.out
-summary=$(grep -E '^[0-9]+ passed, [0-9]+ failed' /tmp/client.out | tail -n1)
-if [ -z "$summary" ]; then
-	bad "integration client printed no summary"
-else
-	pass=$((pass + $(echo "$summary" | cut -d' ' -f1)))
-	fail=$((fail + $(echo "$summary" | cut -d' ' -f3)))
-fi
+add_summary /tmp/client.out "integration client"
 # The parts that leaned on the C driver's Kconfig symbols.
 for what in "vga.*region-info.*VGA" "edu.*intx"; do
 	n=$(grep -ciE "^PASS .*$what" /tmp/client.out)
@@ -66,13 +49,7 @@ echo "== module unload"
 if rmmod vfio_pci_rs; then ok "rmmod vfio_pci_rs"; else bad "rmmod vfio_pci_rs"; fi
 
 echo "== kernel health"
-if grep -qE '^ *debug_locks: +1$' /proc/lockdep_stats; then
-	ok "lockdep still on (debug_locks=1)"
-else
-	bad "lockdep turned itself off (debug_locks!=1)"
-fi
-splats=$(dmesg -t | grep -E 'WARNING:|BUG:|Oops|possible circular locking|circular locking dependency|INFO: task .* blocked|UBSAN|KASAN|refcount_t:' || true)
-if [ -z "$splats" ]; then ok "no WARN/BUG/lockdep splat in dmesg"; else bad "kernel splat: $splats"; fi
+check_health
 
 echo "$pass passed, $fail failed"
 [ "$fail" = 0 ]

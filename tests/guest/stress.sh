@@ -9,10 +9,7 @@ cd "$(dirname "$0")/../.." || exit 1
 CLIENT=tests/client/target/release/vfio-test
 STRESS_SECS=${STRESS_SECS:-60}
 
-pass=0
-fail=0
-ok() { echo "PASS $*"; pass=$((pass + 1)); }
-bad() { echo "FAIL $*"; fail=$((fail + 1)); }
+. tests/guest/report.sh
 
 ivshmem=
 for t in "${TWINS[@]}"; do
@@ -35,13 +32,7 @@ done
 
 start=$SECONDS
 "$CLIENT" stress "$bdf" --secs "$STRESS_SECS" 2>&1 | tee /tmp/stress.out
-summary=$(grep -E '^[0-9]+ passed, [0-9]+ failed' /tmp/stress.out | tail -n1)
-if [ -z "$summary" ]; then
-	bad "stress client printed no summary (it died?)"
-else
-	pass=$((pass + $(echo "$summary" | cut -d' ' -f1)))
-	fail=$((fail + $(echo "$summary" | cut -d' ' -f3)))
-fi
+add_summary /tmp/stress.out "stress client"
 echo "# stress took $((SECONDS - start)) s"
 grep '^stress-stats ' /tmp/stress.out | sed 's/^/# /'
 
