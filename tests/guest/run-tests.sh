@@ -173,7 +173,8 @@ if [ "$param_c" = "$param_rs" ]; then
 else
 	bad "module parameters: vfio_pci_rs: $param_rs"
 fi
-testdev=${TWINS[2]#*=}
+# igb: pci-testdev and edu have no PM capability, so they stay in D0 either way.
+igb=${TWINS[3]#*=}
 # idle_state DRV MOD BDF VALUE: the power state of BDF bound to DRV after MOD's
 # disable_idle_d3 was set to VALUE.
 idle_state() {
@@ -190,8 +191,8 @@ idle_state() {
 	echo "$state"
 }
 for v in Y N; do
-	st_c=$(idle_state vfio-pci vfio_pci "${testdev%,*}" "$v")
-	st_rs=$(idle_state vfio-pci-rs vfio_pci_rs "${testdev#*,}" "$v")
+	st_c=$(idle_state vfio-pci vfio_pci "${igb%,*}" "$v")
+	st_rs=$(idle_state vfio-pci-rs vfio_pci_rs "${igb#*,}" "$v")
 	if [ "$st_c" = "$st_rs" ] && case "$v:$st_c" in Y:D0 | N:D3hot) true ;; *) false ;; esac; then
 		ok "disable_idle_d3=$v written at runtime: an idle bound function is in $st_c on both"
 	else
