@@ -1661,7 +1661,10 @@ impl VfioPciCore {
             virt.set16(COMMAND, cmd);
         }
 
-        if !cfg!(CONFIG_VFIO_PCI_RUST_INTX) || intx == IntxMasking::Broken || pdev.intx_irq().is_none() {
+        if !cfg!(CONFIG_VFIO_PCI_RUST_INTX)
+            || intx == IntxMasking::Broken
+            || pdev.intx_irq().is_none()
+        {
             virt.set(INTERRUPT_PIN, 1, 0);
         }
 
