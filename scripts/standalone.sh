@@ -9,6 +9,12 @@ here=$(cd "$(dirname "$0")" && pwd)
 . "$here/common.sh"
 
 "$here/deps.sh"
+# DPDK's testpmd, which the boot runs on an igb bound to the driver under the name vfio-pci.
+dpkg-query -W -f='${Status}' dpdk-dev 2>/dev/null | grep -q 'ok installed' || {
+	log "apt: installing dpdk-dev"
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dpdk-dev > /dev/null
+}
 "$here/kernel.sh"
 "$here/client.sh"
 start=$SECONDS

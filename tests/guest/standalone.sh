@@ -45,6 +45,39 @@ for what in "vga vfio-pci-rs vga-(mem|io)-" "edu vfio-pci-rs irq-intx-"; do
 	if [ "$n" -gt 0 ]; then ok "$what: $n checks passed"; else bad "$what: no check passed"; fi
 done
 
+echo "== DPDK testpmd on igb, bound to $DRIVER"
+# DPDK's EAL takes a device bound to the driver named vfio-pci as a VFIO device; testpmd
+# starts the port and sends one burst (--tx-first) of 32 packets. One vCPU: the forwarding
+# lcore shares it with the main one.
+igb=${TWINS[3]#*=}
+igb=${igb#*,}
+if ! command -v dpdk-testpmd > /dev/null; then
+	bad "dpdk-testpmd is not installed (scripts/standalone.sh installs dpdk-dev)"
+elif ! "$CLIENT" bind "$igb" "$DRIVER" > /dev/null; then
+	bad "dpdk: bind $igb to $DRIVER"
+else
+	echo 64 > /proc/sys/vm/nr_hugepages
+	mkdir -p /dev/hugepages
+	mountpoint -q /dev/hugepages || mount -t hugetlbfs nodev /dev/hugepages
+	(sleep 20; echo) | timeout 300 dpdk-testpmd --lcores '(0,1)@0' -n 1 -a "$igb" \
+		--file-prefix standalone -- --tx-first --nb-cores 1 > /tmp/testpmd.out 2>&1
+	echo "# dpdk-testpmd exited with $?"
+	sed 's/^/# testpmd: /' /tmp/testpmd.out | grep -vE '^# testpmd: *$' | tail -n 40
+	if grep -qE 'Port 0: ([0-9A-F]{2}:){5}[0-9A-F]{2}' /tmp/testpmd.out; then
+		ok "dpdk: testpmd probed $igb through $DRIVER and started port 0"
+	else
+		bad "dpdk: testpmd did not start a port on $igb"
+	fi
+	tx=$(sed -n 's/.*TX-packets: *\([0-9]*\).*/\1/p' /tmp/testpmd.out | head -n1)
+	if [ "${tx:-0}" -ge 32 ]; then
+		ok "dpdk: testpmd sent $tx packets"
+	else
+		bad "dpdk: testpmd sent ${tx:-no} packets, expected 32 or more"
+	fi
+	"$CLIENT" unbind "$igb" > /dev/null
+	echo 0 > /proc/sys/vm/nr_hugepages
+fi
+
 echo "== module unload"
 if rmmod vfio_pci_rs; then ok "rmmod vfio_pci_rs"; else bad "rmmod vfio_pci_rs"; fi
 
