@@ -73,8 +73,8 @@ module! {
 struct VfioPciDriver;
 
 /// The name of the PCI driver: `vfio-pci-rs` beside the C vfio-pci, and `vfio-pci` in a kernel
-/// without it, so that userspace that knows the driver by that name (DPDK, dpdk-devbind, SPDK,
-/// libvirt) finds it.
+/// without it (where Kbuild names the module `vfio-pci` too), so that userspace that knows the
+/// driver by that name (DPDK, dpdk-devbind, SPDK, libvirt) finds it.
 const DRIVER_NAME: &CStr = if cfg!(CONFIG_VFIO_PCI) {
     c"vfio-pci-rs"
 } else {

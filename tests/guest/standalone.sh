@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs in the VM of `make standalone`: a kernel without the C vfio-pci and vfio-pci-core.
-# vfio-pci-rs must be the PCI driver `vfio-pci` there, with INTx, the VGA region, virqfd and
-# IRQ bypass, and pass the integration checks on the Rust side of every twin
+# vfio-pci-rs must be the module and the PCI driver `vfio-pci` there, with INTx, the VGA
+# region, virqfd and IRQ bypass, and pass the integration checks on the Rust side of every twin
 # (`--only-driver vfio-pci-rs`; VFIO_TEST_RS_PCI_DRIVER tells the client the driver's name).
 # Ends with `N passed, N failed`.
 set -u
@@ -19,15 +19,21 @@ if [ -r "$config" ]; then
 	zgrep -E '^(# )?CONFIG_(VFIO_PCI|VFIO_PCI_CORE|VFIO_PCI_RUST[A-Z_]*|VFIO_VIRQFD|IRQ_BYPASS_MANAGER)[= ]' "$config" |
 		sed 's/^/# /'
 fi
-for m in vfio_pci vfio_pci_core; do
-	if modinfo "$m" > /dev/null 2>&1; then bad "$m exists"; else ok "no module $m"; fi
+# The module vfio-pci is the Rust one; there is no vfio_pci_core and no vfio_pci_rs.
+file=$(modinfo -F filename vfio-pci 2>/dev/null)
+case "$file" in
+*/drivers/vfio/pci/rust/vfio-pci.ko*) ok "the module vfio-pci is vfio-pci-rs ($file)" ;;
+*) bad "the module vfio-pci is '${file:-missing}'" ;;
+esac
+for m in vfio_pci_core vfio_pci_rs; do
+	if modinfo "$m" > /dev/null 2>&1; then bad "a module $m exists"; else ok "no module $m"; fi
 done
 [ -d /sys/module/vfio_pci_core ] && bad "vfio_pci_core built in" || ok "vfio_pci_core not built in"
 
-if modprobe vfio_pci_rs; then ok "modprobe vfio_pci_rs"; else bad "modprobe vfio_pci_rs"; fi
+if modprobe vfio-pci; then ok "modprobe vfio-pci"; else bad "modprobe vfio-pci"; fi
 drv_mod=$(basename "$(readlink "/sys/bus/pci/drivers/$DRIVER/module" 2>/dev/null)")
-if [ "$drv_mod" = vfio_pci_rs ]; then
-	ok "the PCI driver $DRIVER is vfio_pci_rs's"
+if [ "$drv_mod" = vfio_pci ]; then
+	ok "the PCI driver $DRIVER is the module vfio_pci's"
 else
 	bad "the PCI driver $DRIVER belongs to '${drv_mod:-nothing}'"
 fi
@@ -79,7 +85,7 @@ else
 fi
 
 echo "== module unload"
-if rmmod vfio_pci_rs; then ok "rmmod vfio_pci_rs"; else bad "rmmod vfio_pci_rs"; fi
+if rmmod vfio_pci; then ok "rmmod vfio_pci"; else bad "rmmod vfio_pci"; fi
 
 echo "== kernel health"
 check_health
