@@ -66,7 +66,8 @@ else
 	mkdir -p /dev/hugepages
 	mountpoint -q /dev/hugepages || mount -t hugetlbfs nodev /dev/hugepages
 	(sleep 20; echo) | timeout 300 dpdk-testpmd --lcores '(0,1)@0' -n 1 -a "$igb" \
-		--file-prefix standalone -- --tx-first --nb-cores 1 > /tmp/testpmd.out 2>&1
+		--file-prefix standalone -- --tx-first --nb-cores 1 --total-num-mbufs 8192 \
+		> /tmp/testpmd.out 2>&1
 	echo "# dpdk-testpmd exited with $?"
 	sed 's/^/# testpmd: /' /tmp/testpmd.out | grep -vE '^# testpmd: *$' | tail -n 40
 	if grep -qE 'Port 0: ([0-9A-F]{2}:){5}[0-9A-F]{2}' /tmp/testpmd.out; then
