@@ -17,7 +17,7 @@ use kernel::{
     driver, fmt,
     io::Io,
     mm::virt::VmaNew,
-    new_mutex, new_rwsem, pci,
+    new_mutex, new_rwsem, pci, pm_runtime,
     prelude::*,
     str::BStr,
     sync::{aref::ARef, Arc, Mutex, WriteGuard},
@@ -28,6 +28,7 @@ use kernel::{
 mod vfio_pci_config;
 mod vfio_pci_dmabuf;
 mod vfio_pci_intrs;
+mod vfio_pci_pm;
 mod vfio_pci_priv;
 mod vfio_pci_rdwr;
 
@@ -102,6 +103,41 @@ impl pci::Driver for VfioPciDriver {
         VfioPciCore::probe(pdev, Params::get())
     }
 
+    /// `vfio_pci_core_unregister_device()`: the function stays in D0 once unbound. The VFIO
+    /// device is unregistered after this, which resumes nothing: the usage count taken here
+    /// keeps the function active meanwhile.
+    fn unbind<'bound>(pdev: &'bound pci::Device<Core<'_>>, this: Pin<&Self::Data<'bound>>) {
+        let dev: &kernel::device::Device<Bound> = pdev.as_ref();
+        this.with_registered(pdev.as_ref(), |_, core| {
+            if !core.disable_idle_d3 {
+                dev.pm_runtime_get_noresume();
+            }
+        });
+        dev.pm_runtime_forbid();
+    }
+
+    const HAS_RUNTIME_PM: bool = true;
+
+    /// `vfio_pci_core_runtime_suspend()`.
+    fn runtime_suspend<'bound>(
+        pdev: &'bound pci::Device<Bound>,
+        this: Pin<&Self::Data<'bound>>,
+        pm: &pm_runtime::Callback<'_>,
+    ) -> Result {
+        this.with_registered_pm(pm, |_, core| core.runtime_suspend(pdev));
+        Ok(())
+    }
+
+    /// `vfio_pci_core_runtime_resume()`.
+    fn runtime_resume<'bound>(
+        pdev: &'bound pci::Device<Bound>,
+        this: Pin<&Self::Data<'bound>>,
+        pm: &pm_runtime::Callback<'_>,
+    ) -> Result {
+        this.with_registered_pm(pm, |_, core| core.runtime_resume(pdev));
+        Ok(())
+    }
+
     const HAS_ERROR_DETECTED: bool = true;
 
     /// `vfio_pci_core_aer_err_detected()`: the user learns of the error through the ERR
@@ -166,6 +202,8 @@ struct VfioPciCore {
     /// The function was used and not reset since (`needs_reset`); a slot or bus reset of its
     /// set when all are closed cleans it.
     needs_reset: AtomicBool,
+    /// INTx was masked for a runtime suspend and is unmasked on resume (`pm_intx_masked`).
+    pm_intx_masked: AtomicBool,
 }
 
 /// Memory decode forced on under the `memory_lock` write guard, for the driver's own access to
@@ -280,15 +318,30 @@ impl VfioPciCore {
         }
 
         // pci-core leaves the power state unknown at boot and after a driver unbinds; the only
-        // transition out of it is to D0. A failure shows again at open.
+        // transition out of it is to D0, which runtime PM needs. A failure shows again at open.
         let _ = pdev.set_power_state(pci::PowerState::D0);
+
+        // Idle functions suspend from now on, before anyone can open them (the usage count
+        // the PCI core holds across probe is given back), unless `disable_idle_d3`.
+        let dev: &kernel::device::Device<Bound> = pdev.as_ref();
+        dev.pm_runtime_allow();
+        if !params.disable_idle_d3 {
+            dev.pm_runtime_put();
+        }
+        let undo_runtime_pm = |e: Error| {
+            if !params.disable_idle_d3 {
+                dev.pm_runtime_get_noresume();
+            }
+            dev.pm_runtime_forbid();
+            e
+        };
 
         let mut memory = MemoryState::new();
         memory.needs_pm_restore = needs_pm_restore(pdev);
-        let memory_lock =
-            Arc::pin_init(new_rwsem!(memory, "vfio_pci_rs::memory_lock"), GFP_KERNEL)?;
-        let dmabufs = vfio_pci_dmabuf::DmaBufs::new()?;
-        let irq_shared = vfio_pci_intrs::IrqShared::new()?;
+        let memory_lock = Arc::pin_init(new_rwsem!(memory, "vfio_pci_rs::memory_lock"), GFP_KERNEL)
+            .map_err(undo_runtime_pm)?;
+        let dmabufs = vfio_pci_dmabuf::DmaBufs::new().map_err(undo_runtime_pm)?;
+        let irq_shared = vfio_pci_intrs::IrqShared::new().map_err(undo_runtime_pm)?;
 
         vfio::Registration::new_foreign_owned(
             parent,
@@ -308,22 +361,18 @@ impl VfioPciCore {
                 disable_idle_d3: params.disable_idle_d3,
                 nointxmask: params.nointxmask,
                 needs_reset: AtomicBool::new(false),
+                pm_intx_masked: AtomicBool::new(false),
             }),
-        )?;
-
-        // Idle functions sleep in D3hot until opened (C gets there through runtime PM).
-        if !params.disable_idle_d3 {
-            let _ = pdev.set_power_state(pci::PowerState::D3Hot);
-        }
+        )
+        .map_err(undo_runtime_pm)?;
 
         Ok(vdev)
     }
 
-    /// Puts an unused function in D3hot unless `disable_idle_d3` is set.
+    /// Gives back the usage count an open function holds, so that it suspends when idle.
     fn idle(&self, pdev: &pci::Device<Bound>) {
         if !self.disable_idle_d3 {
-            let _ =
-                Self::set_power_state(pdev, &mut self.memory_lock.write(), pci::PowerState::D3Hot);
+            pdev.as_ref().pm_runtime_put();
         }
     }
 
@@ -476,24 +525,30 @@ fn dev_set_try_reset(dev_set: &vfio::DeviceSetGuard<'_, VfioPciCore>) {
         return;
     };
 
-    // Idle functions sleep in D3hot; the reset wants them in D0.
-    for member in &members {
-        if let Ok(member_pdev) = member_pdev(member) {
-            let mut memory = member.data().get_ref().memory_lock.write();
-            let _ = VfioPciCore::set_power_state(member_pdev, &mut memory, pci::PowerState::D0);
-        }
-    }
+    // Some functions of the set may be runtime-suspended: resume them all for the reset.
+    let Ok(_active) = dev_set_pm_runtime_get(&members) else {
+        return;
+    };
     let reset_done = pdev.reset_bus().is_ok();
-    for member in &members {
-        if reset_done {
+    if reset_done {
+        for member in &members {
             member.data().needs_reset.store(false, Ordering::Relaxed);
         }
-        if member.open_count() == 0 {
-            if let Ok(member_pdev) = member_pdev(member) {
-                member.data().idle(member_pdev);
-            }
-        }
     }
+}
+
+/// Resumes every function of a device set and keeps them active until the guards are dropped
+/// (`vfio_pci_dev_set_pm_runtime_get()`).
+fn dev_set_pm_runtime_get<'a>(
+    members: &[vfio::DeviceSetMember<'a, VfioPciCore>],
+) -> Result<KVec<pm_runtime::ActiveGuard<'a>>> {
+    let mut active = KVec::with_capacity(members.len(), GFP_KERNEL)?;
+    for member in members {
+        let dev: &'a kernel::device::Device<Bound> = member_pdev(member)?.as_ref();
+        // Cannot fail: the capacity is reserved.
+        active.push(dev.pm_runtime_active()?, GFP_KERNEL)?;
+    }
+    Ok(active)
 }
 
 /// Whether `pdev` loses its state on the way back from D3hot, its PMCSR having No_Soft_Reset
@@ -604,7 +659,15 @@ impl VfioPciCore {
         }
         // CAST: The VFIO core only passes file positions it accepted, which are not negative.
         let index = vfio_pci_priv::offset_to_index(*pos as u64);
-        match u32::try_from(index).map_err(|_| EINVAL)? {
+        let index = u32::try_from(index).map_err(|_| EINVAL)?;
+        if index >= uapi::VFIO_PCI_NUM_REGIONS {
+            return Err(EINVAL);
+        }
+        let _active = pdev.as_ref().pm_runtime_active().map_err(|e| {
+            dev_info!(pdev, "runtime resume failed {}\n", e.to_errno());
+            EIO
+        })?;
+        match index {
             uapi::VFIO_PCI_CONFIG_REGION_INDEX => self.config_rw(pdev, buf, count, pos, write),
             uapi::VFIO_PCI_ROM_REGION_INDEX if write => Err(EINVAL),
             uapi::VFIO_PCI_BAR0_REGION_INDEX..=uapi::VFIO_PCI_ROM_REGION_INDEX => {
@@ -861,6 +924,8 @@ impl VfioPciCore {
         let dev_set = vdev.lock_dev_set();
         let members = dev_set.members()?;
         let pdev = dev_set_resettable(&dev_set, &members).ok_or(EINVAL)?;
+        // Dropped last: the functions suspend again after the memory locks are released.
+        let _active = dev_set_pm_runtime_get(&members)?;
 
         for member in &members {
             // With groups, each function must be in one of them; from a cdev, each must be
@@ -910,11 +975,7 @@ impl VfioPciCore {
             let _ = Self::set_power_state(member_pdev, memory, pci::PowerState::D0);
         }
         let ret = pdev.reset_bus();
-        // Closed functions go back to sleep.
         for (member_pdev, memory, member) in locked.iter_mut() {
-            if member.open_count() == 0 && !member.data().disable_idle_d3 {
-                let _ = Self::set_power_state(member_pdev, memory, pci::PowerState::D3Hot);
-            }
             if member.open_count() != 0 {
                 member.data().dma_buf_restore(member_pdev, memory);
             }
@@ -945,10 +1006,11 @@ impl vfio::Driver for VfioPciCore {
     /// `vfio_pci_core_enable()`.
     fn open_device(vdev: &vfio::Device<Self, Bound>, this: Pin<&Self>) -> Result {
         let pdev = Self::pdev(vdev)?;
+        // The open function holds a usage count: it does not suspend until close.
+        if !this.disable_idle_d3 {
+            pdev.as_ref().pm_runtime_resume_and_get()?;
+        }
         let mut open = this.open.lock();
-
-        // Out of the idle D3hot of `close_device`.
-        let _ = Self::set_power_state(pdev, &mut this.memory_lock.write(), pci::PowerState::D0);
 
         // Don't allow our initial saved state to include busmaster.
         pdev.clear_master();
@@ -1018,6 +1080,10 @@ impl vfio::Driver for VfioPciCore {
         let Ok(pdev) = Self::pdev(vdev) else {
             return;
         };
+        // Out of low power: the open function's usage count is back; and out of a runtime
+        // suspend, before any lock a runtime PM callback takes.
+        this.pm_exit_and_restore(pdev);
+        let _ = pdev.as_ref().pm_runtime_resume();
         this.dma_buf_cleanup();
         for mmap in &this.bar_mmap_supported {
             mmap.store(false, Ordering::Relaxed);
@@ -1142,6 +1208,15 @@ impl vfio::Driver for VfioPciCore {
             }
             uapi::VFIO_DEVICE_FEATURE_DMA_BUF_MEMATTR => {
                 this.feature_dma_buf_memattr(flags, arg, argsz)
+            }
+            uapi::VFIO_DEVICE_FEATURE_LOW_POWER_ENTRY => {
+                this.feature_pm_entry(Self::pdev(vdev)?, flags, argsz)
+            }
+            uapi::VFIO_DEVICE_FEATURE_LOW_POWER_ENTRY_WITH_WAKEUP => {
+                this.feature_pm_entry_with_wakeup(Self::pdev(vdev)?, flags, arg, argsz)
+            }
+            uapi::VFIO_DEVICE_FEATURE_LOW_POWER_EXIT => {
+                this.feature_pm_exit(Self::pdev(vdev)?, flags, argsz)
             }
             _ => Err(ENOTTY),
         }

@@ -189,7 +189,7 @@ impl BarDmaBuf {
 
     /// Fault resolution under the `memory_lock` read guard (`vfio_pci_mmap_huge_fault()`).
     fn resolve(&self, memory: &MemoryState, fault: &VmFault, order: u32) -> (VmFaultReason, usize) {
-        if self.revoked(memory) || !memory.memory_enabled(&self.pdev) {
+        if self.revoked(memory) || memory.pm_runtime_engaged || !memory.memory_enabled(&self.pdev) {
             return (VmFaultReason::SIGBUS, 0);
         }
         let vma = fault.vma();

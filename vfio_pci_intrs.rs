@@ -520,6 +520,16 @@ impl VfioPciCore {
         }
     }
 
+    /// Masks INTx for a runtime suspend if it is the enabled interrupt (the `irq_type` test
+    /// and `vfio_pci_intx_mask()` of `vfio_pci_core_runtime_suspend()`); returns whether it was
+    /// unmasked before.
+    pub(crate) fn intx_mask_for_suspend(&self) -> bool {
+        match &self.igate.lock().mode {
+            IrqMode::Intx(intx) => intx.line.mask(),
+            _ => false,
+        }
+    }
+
     /// INTx disable was cleared in the virtual COMMAND register (`vfio_pci_intx_unmask()`).
     pub(crate) fn intx_unmask(&self, pdev: &pci::Device<Bound>) {
         let irqs = self.igate.lock();

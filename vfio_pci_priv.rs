@@ -2,7 +2,7 @@
 
 //! Definitions shared between the driver's files, as C's `vfio_pci_priv.h`.
 
-use kernel::{pci, prelude::*, uapi};
+use kernel::{eventfd::EventFd, pci, prelude::*, uapi};
 
 /// The region index sits above this bit of a device fd offset (`VFIO_PCI_OFFSET_SHIFT`).
 pub(crate) const OFFSET_SHIFT: u32 = 40;
@@ -42,6 +42,11 @@ pub(crate) struct MemoryState {
     /// than with the open state because mmap() runs under `mmap_lock`, which the config
     /// state's holders may take by touching user memory.
     pub(crate) page_tail_reservations: [Option<pci::PageTailReservation>; 6],
+    /// The user put the function in low power (`pm_runtime_engaged`): BAR faults get SIGBUS
+    /// and the open function's runtime PM usage count is given back.
+    pub(crate) pm_runtime_engaged: bool,
+    /// Signalled when the function wakes from the user's low power (`pm_wake_eventfd_ctx`).
+    pub(crate) pm_wake: Option<EventFd>,
 }
 
 impl MemoryState {
@@ -53,6 +58,8 @@ impl MemoryState {
             pm_save: None,
             bars: [const { Err(ENODEV) }; 6],
             page_tail_reservations: [const { None }; 6],
+            pm_runtime_engaged: false,
+            pm_wake: None,
         }
     }
 

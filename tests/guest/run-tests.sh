@@ -188,13 +188,14 @@ idle_state() {
 		sleep 0.1
 	done
 	"$CLIENT" unbind "$bdf" > /dev/null
-	echo "$state"
+	# Unbound, the function is back in D0 (pci_device_remove() resumes it).
+	echo "$state,unbound:$(cat "/sys/bus/pci/devices/$bdf/power_state")"
 }
 for v in Y N; do
 	st_c=$(idle_state vfio-pci vfio_pci "${igb%,*}" "$v")
 	st_rs=$(idle_state vfio-pci-rs vfio_pci_rs "${igb#*,}" "$v")
-	if [ "$st_c" = "$st_rs" ] && case "$v:$st_c" in Y:D0 | N:D3hot) true ;; *) false ;; esac; then
-		ok "disable_idle_d3=$v written at runtime: an idle bound function is in $st_c on both"
+	if [ "$st_c" = "$st_rs" ] && case "$v:$st_c" in Y:D0,unbound:D0 | N:D3hot,unbound:D0) true ;; *) false ;; esac; then
+		ok "disable_idle_d3=$v written at runtime: an idle bound function, then unbound, is in $st_c on both"
 	else
 		bad "disable_idle_d3=$v written at runtime: vfio-pci $st_c, vfio-pci-rs $st_rs"
 	fi

@@ -457,6 +457,10 @@ pub fn sec_mmap(ck: &mut Ck, lay: &Layout, driver: Driver, run: u32) {
         ck.note("no mmap-able BAR: no mmap checks");
         return;
     };
+    // Bound and idle: suspended through runtime PM, in D3hot with a PM capability.
+    let s = settled_power_state(&lay.bdf);
+    let v = expect_state(lay, &s, "D3hot", "suspended");
+    ck.both("idle-power-state", s, v);
     let mut quiet = Quiet::default();
     let gd = match open_via_group(&lay.bdf, &mut quiet) {
         Ok(gd) => gd,
@@ -476,6 +480,7 @@ pub fn sec_mmap(ck: &mut Ck, lay: &Layout, driver: Driver, run: u32) {
         let want = sp.ram.then_some(nonce);
         sec_revoke(ck, dev, lay, &sp, &m, want, has_reset);
         sec_fork_zap(ck, dev, &sp, &m, want);
+        sec_low_power(ck, dev, lay, &sp, &m, want, has_reset);
     } else {
         // Without a mapping the checks below cannot run: each FAILs, so both drivers always
         // report the same list.
@@ -521,6 +526,7 @@ pub fn sec_mmap(ck: &mut Ck, lay: &Layout, driver: Driver, run: u32) {
     sec_dmabuf(ck, dev, lay, &sp, driver, run);
     drop(gd);
     sec_close_live(ck, lay, &sp, run);
+    sec_close_low_power(ck, lay);
 
     // Any warning or lockdep report the mmap checks caused, shown whole (from its first
     // line), attributed to this device and driver.
@@ -1277,6 +1283,318 @@ fn sec_faults(ck: &mut Ck, dev: &File, lay: &Layout, run: u32) {
         "page faults (ru_minflt) per pass: {}",
         notes.join(", ")
     ));
+}
+
+// ---- 4b. low power ------------------------------------------------------------------------
+
+/// `power_state` and `power/runtime_status` of `bdf` once they stopped changing (runtime PM
+/// suspends asynchronously): unchanged for 300 ms, or the last seen after 5 s.
+fn settled_power_state(bdf: &str) -> String {
+    let read = || {
+        let rt = fs::read_to_string(sysfs::device_dir(bdf).join("power/runtime_status"))
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|e| format!("?({e})"));
+        format!("{} {rt}", power_state(bdf))
+    };
+    let start = Instant::now();
+    let mut last = read();
+    let mut since = Instant::now();
+    while start.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(50));
+        let now = read();
+        if now != last {
+            last = now;
+            since = Instant::now();
+        } else if since.elapsed() >= Duration::from_millis(300) {
+            break;
+        }
+    }
+    last
+}
+
+/// Checks a settled state: `d3` and `rt` with a PM capability; without one the function
+/// suspends in D0, as the PCI core leaves such a function.
+fn expect_state(lay: &Layout, s: &str, d3: &str, rt: &str) -> Result<(), String> {
+    let want = if lay.cap(PCI_CAP_ID_PM).is_some() || d3 == "D0" {
+        format!("{d3} {rt}")
+    } else {
+        format!("D0 {rt}")
+    };
+    if s == want {
+        Ok(())
+    } else {
+        Err(format!(
+            "power state [{s}], expected [{want}] (as vfio-pci)"
+        ))
+    }
+}
+
+/// A `VFIO_DEVICE_FEATURE` SET of a low power feature with `data`.
+fn low_power(dev: &File, feature: u32, data: &[u8]) -> io::Result<i32> {
+    let argsz = 8 + data.len() as u32;
+    sys::device_feature(dev, argsz, uapi::VFIO_DEVICE_FEATURE_SET | feature, data)
+}
+
+fn expect_errno(r: &io::Result<i32>, want: Option<i32>) -> Result<(), String> {
+    let got = r.as_ref().err().and_then(|e| e.raw_os_error());
+    if r.is_ok() == want.is_none() && got == want {
+        Ok(())
+    } else {
+        Err(format!(
+            "got {}, expected {} (as vfio-pci)",
+            outcome_str(r),
+            want.map_or("success".into(), errno_name)
+        ))
+    }
+}
+
+fn outcome_str(r: &io::Result<i32>) -> String {
+    match r {
+        Ok(v) => format!("ok {v}"),
+        Err(e) => err_name(e),
+    }
+}
+
+/// The argument of `LOW_POWER_ENTRY_WITH_WAKEUP`: `wakeup_eventfd`, then `reserved`.
+fn wakeup_arg(fd: i32) -> Vec<u8> {
+    let mut v = fd.to_ne_bytes().to_vec();
+    v.extend(0u32.to_ne_bytes());
+    v
+}
+
+/// An eventfd's counter, read without blocking: 0 when it was not signalled.
+fn eventfd_count(fd: &OwnedFd) -> u64 {
+    let mut v = 0u64;
+    // SAFETY: reads 8 bytes into `v` from an eventfd we own.
+    let n = unsafe { libc::read(fd.as_raw_fd(), (&raw mut v).cast(), 8) };
+    if n == 8 {
+        v
+    } else {
+        0
+    }
+}
+
+fn new_eventfd() -> io::Result<OwnedFd> {
+    // SAFETY: plain syscall; a valid fd is owned by the caller.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `VFIO_DEVICE_FEATURE_LOW_POWER_ENTRY` (3), `_WITH_WAKEUP` (4) and `_EXIT` (5), with the
+/// function's `power_state` and runtime PM status at each step, a live BAR mapping revoked in
+/// low power, config access in low power, and the errnos of bad input, all compared.
+fn sec_low_power(
+    ck: &mut Ck,
+    dev: &File,
+    lay: &Layout,
+    sp: &Spot,
+    m: &Map,
+    want: Option<u32>,
+    has_reset: Option<bool>,
+) {
+    use uapi::{
+        VFIO_DEVICE_FEATURE_LOW_POWER_ENTRY as ENTRY,
+        VFIO_DEVICE_FEATURE_LOW_POWER_ENTRY_WITH_WAKEUP as WAKEUP,
+        VFIO_DEVICE_FEATURE_LOW_POWER_EXIT as EXIT,
+    };
+    let addr = m.addr + sp.off;
+    let id = (lay.vendor as u32) | ((lay.device as u32) << 16);
+    for (name, feature) in [
+        ("lp-probe-entry", ENTRY),
+        ("lp-probe-wakeup", WAKEUP),
+        ("lp-probe-exit", EXIT),
+    ] {
+        let flags = uapi::VFIO_DEVICE_FEATURE_PROBE | uapi::VFIO_DEVICE_FEATURE_SET | feature;
+        let r = sys::device_feature(dev, 8, flags, &[]);
+        let v = expect_errno(&r, None);
+        ck.both(name, outcome_str(&r), v);
+    }
+    let s = settled_power_state(&lay.bdf);
+    let v = expect_state(lay, &s, "D0", "active");
+    ck.both("lp-open-power-state", s, v);
+
+    // Entry: the function suspends once the ioctl returns; the mapping is revoked.
+    let r = low_power(dev, ENTRY, &[]);
+    let v = expect_errno(&r, None);
+    ck.both("lp-entry", outcome_str(&r), v);
+    let s = settled_power_state(&lay.bdf);
+    let v = expect_state(lay, &s, "D3hot", "suspended");
+    ck.both("lp-entry-power-state", s, v);
+    let t = touch(addr);
+    ck.both("lp-mapping-sigbus", touch_str(&t), expect_sigbus(&t));
+    // A config read resumes the function for its duration only.
+    let r = cfg_get(dev, 0, 4);
+    let v = match &r {
+        Ok(x) if *x == id => Ok(()),
+        Ok(x) => Err(format!("read 0x{x:08x}, expected 0x{id:08x}")),
+        Err(e) => Err(e.clone()),
+    };
+    ck.both("lp-config-read", format!("{r:x?}"), v);
+    let s = settled_power_state(&lay.bdf);
+    let v = expect_state(lay, &s, "D3hot", "suspended");
+    ck.both("lp-after-config-read-power-state", s, v);
+    let t = touch(addr);
+    ck.both(
+        "lp-mapping-sigbus-after-read",
+        touch_str(&t),
+        expect_sigbus(&t),
+    );
+    let r = low_power(dev, ENTRY, &[]);
+    let v = expect_errno(&r, Some(libc::EINVAL));
+    ck.both("lp-entry-twice", outcome_str(&r), v);
+    let r = low_power(dev, WAKEUP, &wakeup_arg(-1));
+    let v = expect_errno(&r, Some(libc::EINVAL));
+    ck.both("lp-entry-twice-wakeup", outcome_str(&r), v);
+    if has_reset == Some(true) {
+        let r = sys::ioctl_noarg(dev, uapi::VFIO_DEVICE_RESET).map(|v| v as i32);
+        let v = expect_errno(&r, None);
+        ck.both("lp-reset", outcome_str(&r), v);
+        let s = settled_power_state(&lay.bdf);
+        let v = expect_state(lay, &s, "D3hot", "suspended");
+        ck.both("lp-after-reset-power-state", s, v);
+    }
+
+    // Exit: back in D0, the mapping works again with its data.
+    let r = low_power(dev, EXIT, &[]);
+    let v = expect_errno(&r, None);
+    ck.both("lp-exit", outcome_str(&r), v);
+    let s = settled_power_state(&lay.bdf);
+    let v = expect_state(lay, &s, "D0", "active");
+    ck.both("lp-exit-power-state", s, v);
+    let v = access_ok(dev, sp, m, want);
+    ck.both("lp-exit-mapping-works", verdict_str(&v), v);
+    let r = low_power(dev, EXIT, &[]);
+    let v = expect_errno(&r, None);
+    ck.both("lp-exit-twice", outcome_str(&r), v);
+
+    // Bad input.
+    let null = File::open("/dev/null");
+    let null_fd = null.as_ref().map_or(-1, |f| f.as_raw_fd());
+    let bad: [(&str, u32, Vec<u8>, Option<i32>); 6] = [
+        (
+            "lp-wakeup-fd-minus-one",
+            WAKEUP,
+            wakeup_arg(-1),
+            Some(libc::EINVAL),
+        ),
+        (
+            "lp-wakeup-fd-not-eventfd",
+            WAKEUP,
+            wakeup_arg(null_fd),
+            Some(libc::EINVAL),
+        ),
+        (
+            "lp-wakeup-fd-closed",
+            WAKEUP,
+            wakeup_arg(1_000_000),
+            Some(libc::EBADF),
+        ),
+        (
+            "lp-wakeup-argsz-short",
+            WAKEUP,
+            (-1i32).to_ne_bytes().to_vec(),
+            Some(libc::EINVAL),
+        ),
+        (
+            "lp-entry-get",
+            ENTRY | uapi::VFIO_DEVICE_FEATURE_GET,
+            Vec::new(),
+            Some(libc::EINVAL),
+        ),
+        (
+            "lp-exit-get",
+            EXIT | uapi::VFIO_DEVICE_FEATURE_GET,
+            Vec::new(),
+            Some(libc::EINVAL),
+        ),
+    ];
+    for (name, feature, data, errno) in bad {
+        let r = if feature & uapi::VFIO_DEVICE_FEATURE_GET != 0 {
+            let flags = uapi::VFIO_DEVICE_FEATURE_GET | uapi::VFIO_DEVICE_FEATURE_SET | feature;
+            sys::device_feature(dev, 8, flags, &data)
+        } else {
+            low_power(dev, feature, &data)
+        };
+        let v = expect_errno(&r, errno);
+        ck.both(name, outcome_str(&r), v);
+    }
+    let s = settled_power_state(&lay.bdf);
+    let v = expect_state(lay, &s, "D0", "active");
+    ck.both("lp-bad-input-power-state", s, v);
+
+    // With a wakeup eventfd: a config read wakes the function, which signals the eventfd and
+    // leaves low power for good.
+    let Ok(efd) = new_eventfd() else {
+        ck.check("lp-wakeup", Err("eventfd() failed".into()));
+        return;
+    };
+    let r = low_power(dev, WAKEUP, &wakeup_arg(efd.as_raw_fd()));
+    let v = expect_errno(&r, None);
+    ck.both("lp-wakeup", outcome_str(&r), v);
+    let s = settled_power_state(&lay.bdf);
+    let v = expect_state(lay, &s, "D3hot", "suspended");
+    ck.both("lp-wakeup-power-state", s, v);
+    let n = eventfd_count(&efd);
+    let v = if n == 0 {
+        Ok(())
+    } else {
+        Err(format!("eventfd counts {n} before any wakeup"))
+    };
+    ck.both("lp-wakeup-not-signalled", n.to_string(), v);
+    let r = cfg_get(dev, 0, 4);
+    ck.both("lp-wakeup-config-read", format!("{r:x?}"), r.map(|_| ()));
+    let n = eventfd_count(&efd);
+    let v = if n == 1 {
+        Ok(())
+    } else {
+        Err(format!("eventfd counts {n} after the wakeup, expected 1"))
+    };
+    ck.both("lp-wakeup-signalled", n.to_string(), v);
+    let s = settled_power_state(&lay.bdf);
+    let v = expect_state(lay, &s, "D0", "active");
+    ck.both("lp-woken-power-state", s, v);
+    let v = access_ok(dev, sp, m, want);
+    ck.both("lp-woken-mapping-works", verdict_str(&v), v);
+    // The wakeup left low power: exit is a no-op, entry works again.
+    let r = low_power(dev, EXIT, &[]);
+    ck.both("lp-woken-exit", outcome_str(&r), expect_errno(&r, None));
+    let n = eventfd_count(&efd);
+    ck.both(
+        "lp-woken-exit-not-signalled",
+        n.to_string(),
+        if n == 0 {
+            Ok(())
+        } else {
+            Err(format!("eventfd counts {n}"))
+        },
+    );
+}
+
+/// Close with the function in low power: close takes it out, it idles, and it opens again.
+fn sec_close_low_power(ck: &mut Ck, lay: &Layout) {
+    let mut quiet = Quiet::default();
+    let gd = match open_via_group(&lay.bdf, &mut quiet) {
+        Ok(gd) => gd,
+        Err(_) => {
+            ck.check(
+                "lp-close-open",
+                Err(quiet.failure.take().unwrap_or_default()),
+            );
+            return;
+        }
+    };
+    let r = low_power(&gd.device, uapi::VFIO_DEVICE_FEATURE_LOW_POWER_ENTRY, &[]);
+    ck.both("lp-close-entry", outcome_str(&r), expect_errno(&r, None));
+    drop(gd);
+    let s = settled_power_state(&lay.bdf);
+    let v = expect_state(lay, &s, "D3hot", "suspended");
+    ck.both("lp-closed-power-state", s, v);
+    let r = cdev_bind(&lay.bdf);
+    ck.both("lp-closed-reopen", verdict_str(&r), r.clone());
 }
 
 // ---- 5. close with a mapping live ----------------------------------------------------------

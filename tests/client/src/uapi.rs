@@ -361,6 +361,9 @@ pub const VFIO_DEVICE_FEATURE_SET: u32 = 1 << 17;
 pub const VFIO_DEVICE_FEATURE_PROBE: u32 = 1 << 18;
 
 /// Linux 7.3: GET creates a DMABUF fd for ranges of a BAR.
+pub const VFIO_DEVICE_FEATURE_LOW_POWER_ENTRY: u32 = 3;
+pub const VFIO_DEVICE_FEATURE_LOW_POWER_ENTRY_WITH_WAKEUP: u32 = 4;
+pub const VFIO_DEVICE_FEATURE_LOW_POWER_EXIT: u32 = 5;
 pub const VFIO_DEVICE_FEATURE_DMA_BUF: u32 = 11;
 /// This project (issue 4): SET revokes an exported DMABUF for good. Data:
 /// [`VfioDeviceFeatureDmaBufRevoke`]. Not in 7.3: the C vfio-pci answers ENOTTY.

@@ -22,14 +22,20 @@ use crate::{
     ffi::{c_char, c_int, c_long, c_uint, c_ulong, c_void},
     ioctl::_IO,
     mm::virt::VmaNew,
-    pci,
+    pci, pm_runtime,
     prelude::*,
     sync::aref::{ARef, AlwaysRefCounted},
     transmute::{AsBytes, FromBytes},
     types::Opaque,
     uaccess::{UserPtr, UserSlice},
 };
-use core::{alloc::Layout, marker::PhantomData, mem::size_of, ptr::NonNull};
+use core::{
+    alloc::Layout,
+    marker::PhantomData,
+    mem::size_of,
+    ptr::NonNull,
+    sync::atomic::{AtomicPtr, Ordering},
+};
 
 /// Size of the `offset` field's region index shift used by vfio-pci (`VFIO_PCI_OFFSET_SHIFT`).
 pub const PCI_OFFSET_SHIFT: u32 = 40;
@@ -254,6 +260,39 @@ impl<T: Driver> Device<T> {
     }
 }
 
+impl<T: Driver> Device<T> {
+    /// Calls `f` with the device and its registration data if it is registered, from a
+    /// runtime PM callback of the parent's driver, which holds no lock. Returns `None` for
+    /// another parent or an unregistered device.
+    pub fn with_registered_pm<R>(
+        &self,
+        pm: &pm_runtime::Callback<'_>,
+        f: impl FnOnce(&Device<T, device::Bound>, Pin<&T::Data>) -> R,
+    ) -> Option<R> {
+        if self.parent_device().as_raw() != pm.device().as_raw() {
+            return None;
+        }
+        // SAFETY: `data` is valid for reads and aligned; `set_data` writes it atomically.
+        let data = unsafe { AtomicPtr::from_ptr(self.data.get().cast::<*mut T::Data>()) }
+            .load(Ordering::Acquire);
+        if data.is_null() {
+            return None;
+        }
+        // SAFETY: `data` is not null, so it points to the pinned data of the `Registration`,
+        // initialised before the release store that set it. The registration's drop sets it
+        // to null, then waits for the parent's runtime PM callbacks in progress, one of which
+        // `pm` proves this is, before the data is dropped; until then the parent is bound, so
+        // `Device<T, Bound>` holds.
+        let (dev, data) = unsafe {
+            (
+                &*core::ptr::from_ref(self).cast::<Device<T, device::Bound>>(),
+                Pin::new_unchecked(&*data),
+            )
+        };
+        Some(f(dev, data))
+    }
+}
+
 impl<T: Driver, Ctx: device::DeviceContext> Device<T, Ctx> {
     fn as_raw(&self) -> *mut bindings::vfio_device {
         self.vdev.get()
@@ -267,8 +306,9 @@ impl<T: Driver, Ctx: device::DeviceContext> Device<T, Ctx> {
         // SAFETY: `set` is valid.
         unsafe { bindings::mutex_lock(&raw mut (*set).lock) };
         // SAFETY: Only `Registration` calls this, while no callback can read `data`; walks
-        // read it under the lock we hold.
-        unsafe { *self.data.get() = data };
+        // read it under the lock we hold, and runtime PM callbacks with an atomic load.
+        unsafe { AtomicPtr::from_ptr(self.data.get().cast::<*mut T::Data>()) }
+            .store(data.cast_mut(), Ordering::Release);
         // SAFETY: Locked above.
         unsafe { bindings::mutex_unlock(&raw mut (*set).lock) };
     }
@@ -462,9 +502,11 @@ impl<T: Driver> PinnedDrop for Registration<T> {
         // SAFETY: By the type invariant `dev` is registered. Unregistering waits until every
         // user has closed the device; afterwards no callback runs.
         unsafe { bindings::vfio_unregister_group_dev(self.dev.as_raw()) };
-        // No callback runs any more; after this, walks of the device set skip the device, so
+        // No callback runs any more; after this, walks of the device set and runtime PM
+        // callbacks of the parent skip the device. Once the callbacks in progress are done,
         // `data` can be dropped.
         self.dev.set_data(core::ptr::null());
+        self.dev.parent_device().pm_runtime_barrier();
     }
 }
 
@@ -779,6 +821,7 @@ impl_ioctl_arg!(
     uapi::vfio_region_dma_range,
     uapi::vfio_device_feature_dma_buf_revoke,
     uapi::vfio_device_feature_dma_buf_memattr,
+    uapi::vfio_device_low_power_entry_with_wakeup,
 );
 
 /// What a `VFIO_DEVICE_SET_IRQS` call carries after its header.
