@@ -22,7 +22,9 @@ use kernel::{
     str::BStr,
     sync::{aref::ARef, Arc, Mutex, WriteGuard},
     uaccess::{UserPtr, UserSlice},
-    uapi, vfio,
+    uapi,
+    uuid::Uuid,
+    vfio,
 };
 
 mod vfio_pci_config;
@@ -31,6 +33,7 @@ mod vfio_pci_intrs;
 mod vfio_pci_pm;
 mod vfio_pci_priv;
 mod vfio_pci_rdwr;
+mod vfio_pci_sriov;
 
 use vfio_pci_priv::{IntxMasking, MemoryState, MsixLocation};
 
@@ -60,6 +63,11 @@ module! {
         disable_idle_d3: bool {
             default: false,
             description: "Disable using the PCI D3 low power state for idle, unused devices",
+            permissions: 0o644,
+        },
+        enable_sriov: bool {
+            default: false,
+            description: "Enable support for SR-IOV configuration.  Enabling SR-IOV on a PF typically requires support of the userspace PF driver, enabling VFs without such support may result in non-functional VFs or PF.",
             permissions: 0o644,
         },
         disable_denylist: bool {
@@ -109,11 +117,29 @@ impl pci::Driver for VfioPciDriver {
     fn unbind<'bound>(pdev: &'bound pci::Device<Core<'_>>, this: Pin<&Self::Data<'bound>>) {
         let dev: &kernel::device::Device<Bound> = pdev.as_ref();
         this.with_registered(pdev.as_ref(), |_, core| {
+            let _ = core.sriov_configure(pdev, 0);
             if !core.disable_idle_d3 {
                 dev.pm_runtime_get_noresume();
             }
         });
         dev.pm_runtime_forbid();
+    }
+
+    const HAS_SRIOV_CONFIGURE: bool = true;
+
+    /// `vfio_pci_sriov_configure()`: only with `enable_sriov`.
+    fn sriov_configure<'bound>(
+        pdev: &'bound pci::Device<Core<'_>>,
+        this: Pin<&Self::Data<'bound>>,
+        nr_virtfn: u16,
+    ) -> Result<u16> {
+        if !module_parameters::enable_sriov.value() {
+            return Err(ENOENT);
+        }
+        this.with_registered(pdev.as_ref(), |_, core| {
+            core.sriov_configure(pdev, nr_virtfn)
+        })
+        .unwrap_or(Err(ENODEV))
     }
 
     const HAS_RUNTIME_PM: bool = true;
@@ -204,6 +230,8 @@ struct VfioPciCore {
     needs_reset: AtomicBool,
     /// INTx was masked for a runtime suspend and is unmasked on resume (`pm_intx_masked`).
     pm_intx_masked: AtomicBool,
+    /// VF token and VF capture of a PF, or the PF's token of a VF.
+    sriov: vfio_pci_sriov::Sriov,
 }
 
 /// Memory decode forced on under the `memory_lock` write guard, for the driver's own access to
@@ -317,6 +345,8 @@ impl VfioPciCore {
             return Err(EBUSY);
         }
 
+        let sriov = vfio_pci_sriov::Sriov::new(pdev)?;
+
         // pci-core leaves the power state unknown at boot and after a driver unbinds; the only
         // transition out of it is to D0, which runtime PM needs. A failure shows again at open.
         let _ = pdev.set_power_state(pci::PowerState::D0);
@@ -362,6 +392,7 @@ impl VfioPciCore {
                 nointxmask: params.nointxmask,
                 needs_reset: AtomicBool::new(false),
                 pm_intx_masked: AtomicBool::new(false),
+                sriov,
             }),
         )
         .map_err(undo_runtime_pm)?;
@@ -609,7 +640,7 @@ impl VfioPciCore {
         let d3hot = pci::PowerState::D3Hot as i32;
 
         // A PF with VFs enabled keeps its power: the VFs depend on it.
-        if target > 0 && pdev.num_vf() != 0 {
+        if target > 0 && memory.sriov_active {
             return Err(EBUSY);
         }
 
@@ -1068,6 +1099,7 @@ impl vfio::Driver for VfioPciCore {
             msix: msix_location(pdev),
         };
         this.probe_mmaps(pdev, &mut this.memory_lock.write());
+        this.sriov.opened();
         Ok(())
     }
 
@@ -1080,6 +1112,7 @@ impl vfio::Driver for VfioPciCore {
         let Ok(pdev) = Self::pdev(vdev) else {
             return;
         };
+        this.sriov.closed();
         // Out of low power: the open function's usage count is back; and out of a runtime
         // suspend, before any lock a runtime PM callback takes.
         this.pm_exit_and_restore(pdev);
@@ -1200,6 +1233,7 @@ impl vfio::Driver for VfioPciCore {
         argsz: usize,
     ) -> Result<i32> {
         match flags & uapi::VFIO_DEVICE_FEATURE_MASK {
+            uapi::VFIO_DEVICE_FEATURE_PCI_VF_TOKEN => this.feature_vf_token(flags, arg, argsz),
             uapi::VFIO_DEVICE_FEATURE_DMA_BUF if cfg!(CONFIG_VFIO_PCI_RUST_DMABUF) => {
                 this.feature_dma_buf(vdev, flags, arg, argsz)
             }
@@ -1220,6 +1254,17 @@ impl vfio::Driver for VfioPciCore {
             }
             _ => Err(ENOTTY),
         }
+    }
+
+    const HAS_MATCH_TOKEN: bool = true;
+
+    /// `vfio_pci_core_match_token_uuid()`.
+    fn match_token_uuid(
+        vdev: &vfio::Device<Self, Bound>,
+        this: Pin<&Self>,
+        uuid: Option<&Uuid>,
+    ) -> Result {
+        this.match_token(Self::pdev(vdev)?, uuid)
     }
 
     /// `vfio_pci_core_request()`.
@@ -1250,6 +1295,7 @@ struct VfioPciModule {
 
 impl kernel::InPlaceModule for VfioPciModule {
     fn init(module: &'static ThisModule) -> impl PinInit<Self, Error> {
+        vfio_pci_sriov::init_sriov_pfs();
         try_pin_init!(Self {
             driver <- driver::Registration::new(DRIVER_NAME, module),
         })

@@ -47,6 +47,8 @@ pub(crate) struct MemoryState {
     pub(crate) pm_runtime_engaged: bool,
     /// Signalled when the function wakes from the user's low power (`pm_wake_eventfd_ctx`).
     pub(crate) pm_wake: Option<EventFd>,
+    /// The driver enabled VFs of the function (`sriov_active`): it stays in D0.
+    pub(crate) sriov_active: bool,
 }
 
 impl MemoryState {
@@ -60,6 +62,7 @@ impl MemoryState {
             page_tail_reservations: [const { None }; 6],
             pm_runtime_engaged: false,
             pm_wake: None,
+            sriov_active: false,
         }
     }
 

@@ -54,8 +54,25 @@ make -C "$SRC" -s -j"$(nproc)" OUTPUT="$OUT" \
 	KHDR_INCLUDES="-isystem $KDIR/usr/include" EXTRA_CFLAGS="-iquote $OVR" all
 echo "$SCALE" > "$OUT/timeout-scale"
 
+# vfio_pci_sriov_uapi_test asserts that the VF it creates is bound to "vfio-pci", the driver
+# it expects of the PF. The run on a PF bound to vfio-pci-rs uses a copy that expects
+# "vfio-pci-rs", built from the same source with that string changed and nothing else; the
+# guest script says so in its output.
+sriov=vfio_pci_sriov_uapi_test
+mkdir -p "$OUT/rs"
+sed 's/strcmp(vf_driver, "vfio-pci")/strcmp(vf_driver, "vfio-pci-rs")/' "$SRC/$sriov.c" > "$OUT/rs/$sriov.c.new"
+grep -q 'strcmp(vf_driver, "vfio-pci-rs")' "$OUT/rs/$sriov.c.new" ||
+	die "selftests: $sriov.c no longer checks the VF's driver by name; update scripts/selftests.sh"
+cmp -s "$OUT/rs/$sriov.c.new" "$OUT/rs/$sriov.c" && rm "$OUT/rs/$sriov.c.new" ||
+	mv "$OUT/rs/$sriov.c.new" "$OUT/rs/$sriov.c"
+if [ ! "$OUT/${sriov}_rs" -nt "$OUT/rs/$sriov.c" ] || [ ! "$OUT/${sriov}_rs" -nt "$OUT/$sriov" ]; then
+	gcc -D_GNU_SOURCE= -isystem "$KDIR/usr/include" -I"$KDIR/tools/include" -I"$SRC/lib/include" \
+		-iquote "$SRC" -Wall -Werror -pthread "$OUT/rs/$sriov.c" \
+		$(find "$OUT/libvfio" -name '*.o' | sort) -luuid -o "$OUT/${sriov}_rs"
+fi
+
 progs=(vfio_pci_device_test vfio_dma_mapping_test vfio_dma_mapping_mmio_test
-	vfio_iommufd_setup_test vfio_pci_driver_test)
+	vfio_iommufd_setup_test vfio_pci_driver_test "$sriov" "${sriov}_rs")
 for p in "${progs[@]}"; do
 	[ -x "$OUT/$p" ] || die "selftests: $OUT/$p was not built"
 done

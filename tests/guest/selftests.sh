@@ -9,7 +9,7 @@
 # Knobs (space-separated lists):
 #   SELFTEST_DRIVERS  drivers to run          (default: vfio-pci vfio-pci-rs)
 #   SELFTEST_DEVICES  twins of devices.sh     (default: igb edu)
-#   SELFTEST_TESTS    programs to run         (default: the five below)
+#   SELFTEST_TESTS    programs to run         (default: the six below)
 #   SELFTEST_ARGS     extra harness arguments, e.g. '-v iommufd' or '-t reset'
 #   SELFTEST_HUGEPAGES=0  do not reserve hugetlb pages (their cases then SKIP)
 #   SELFTESTS_DIR     where the programs are  (scripts/vm.sh sets it: the cache's selftests/vfio)
@@ -21,7 +21,7 @@ CLIENT=tests/client/target/release/vfio-test
 ST=${SELFTESTS_DIR:?SELFTESTS_DIR is not set (scripts/vm.sh sets it)}
 read -ra drivers <<< "${SELFTEST_DRIVERS:-vfio-pci vfio-pci-rs}"
 read -ra devices <<< "${SELFTEST_DEVICES:-igb edu}"
-read -ra tests <<< "${SELFTEST_TESTS:-vfio_pci_device_test vfio_dma_mapping_test vfio_dma_mapping_mmio_test vfio_iommufd_setup_test vfio_pci_driver_test}"
+read -ra tests <<< "${SELFTEST_TESTS:-vfio_pci_device_test vfio_dma_mapping_test vfio_dma_mapping_mmio_test vfio_iommufd_setup_test vfio_pci_driver_test vfio_pci_sriov_uapi_test}"
 read -ra harness_args <<< "${SELFTEST_ARGS:-}"
 REF=vfio-pci
 
@@ -93,7 +93,13 @@ run_one() {
 		done
 	) &
 	local beat=$!
-	timeout -k 10 "$(prog_timeout "$test")" "$ST/$test" "${harness_args[@]}" "$bdf" 2>&1 | stamp "$log"
+	local prog=$test
+	# It checks the VF's driver by name: the copy scripts/selftests.sh built expects vfio-pci-rs.
+	if [ "$test" = vfio_pci_sriov_uapi_test ] && [ "$drv" = vfio-pci-rs ]; then
+		prog=${test}_rs
+		echo "# running ${prog}: $test with the VF's expected driver changed to vfio-pci-rs"
+	fi
+	timeout -k 10 "$(prog_timeout "$test")" "$ST/$prog" "${harness_args[@]}" "$bdf" 2>&1 | stamp "$log"
 	rc=${PIPESTATUS[0]}
 	kill "$beat"
 	wait "$beat" 2>/dev/null
@@ -150,6 +156,8 @@ done
 for drv in "${drivers[@]}"; do
 	m=$(module_of "$drv")
 	if modprobe "$m"; then ok "selftest modprobe $m"; else bad "selftest modprobe $m"; fi
+	# vfio_pci_sriov_uapi_test creates a VF of the PF through sriov_numvfs.
+	echo Y > "/sys/module/$m/parameters/enable_sriov" || bad "selftest $m enable_sriov"
 	# Which build of the module ran: the results hold for that build only.
 	f=$(modinfo -F filename "$m")
 	echo "# $m: $f, built $(date -r "$f" '+%F %T'), sha256 $(sha256sum < "$f" | cut -c1-12)"

@@ -24,10 +24,12 @@ use crate::{
     mm::virt::VmaNew,
     pci, pm_runtime,
     prelude::*,
+    str::CStr,
     sync::aref::{ARef, AlwaysRefCounted},
     transmute::{AsBytes, FromBytes},
     types::Opaque,
     uaccess::{UserPtr, UserSlice},
+    uuid::{self, Uuid},
 };
 use core::{
     alloc::Layout,
@@ -151,6 +153,54 @@ pub trait Driver: Sized + Send + Sync + 'static {
     /// ask them to release it. Called about every ten seconds, `count` from 0, until the last
     /// user closes it.
     fn request(_device: &Device<Self, device::Bound>, _data: Pin<&Self::Data>, _count: u32) {}
+
+    /// The driver implements [`Driver::match_token_uuid`]: the group path opens the device by
+    /// `"<name> vf_token=<uuid>"` as well as by its name, and the cdev path takes
+    /// `VFIO_DEVICE_BIND_FLAG_TOKEN`.
+    const HAS_MATCH_TOKEN: bool = false;
+
+    /// Checks the VF token a user presents to open the device, `None` when there is none
+    /// (`match_token_uuid`); an error refuses the open.
+    fn match_token_uuid(
+        _device: &Device<Self, device::Bound>,
+        _data: Pin<&Self::Data>,
+        _uuid: Option<&Uuid>,
+    ) -> Result {
+        Ok(())
+    }
+}
+
+/// How a device name given to `VFIO_GROUP_GET_DEVICE_FD` matches the device named `name`
+/// (`vfio_pci_core_match()`): `None` if it names another device, otherwise the VF token that
+/// follows the name, if any. `EINVAL` for an option other than one `vf_token=<uuid>`.
+fn match_name(buf: &[u8], name: &[u8]) -> Result<Option<Option<Uuid>>> {
+    const VF_TOKEN: &[u8] = b"vf_token=";
+    let Some(mut rest) = buf.strip_prefix(name) else {
+        return Ok(None);
+    };
+    if rest.is_empty() {
+        return Ok(Some(None));
+    }
+    if rest[0] != b' ' {
+        // Not a match: something other than white space after the name.
+        return Ok(None);
+    }
+    let mut token = None;
+    while let Some((&c, tail)) = rest.split_first() {
+        if c == b' ' {
+            rest = tail;
+            continue;
+        }
+        match rest.strip_prefix(VF_TOKEN) {
+            Some(value) if token.is_none() => {
+                token = Some(Uuid::parse(value)?);
+                rest = &value[uuid::STRING_LEN..];
+            }
+            // An unknown or repeated option.
+            _ => return Err(EINVAL),
+        }
+    }
+    Ok(Some(token))
 }
 
 /// Checks the operations a `VFIO_DEVICE_FEATURE` call asks for (`vfio_check_feature()`):
@@ -1000,6 +1050,16 @@ impl<T: Driver> VTable<T> {
         device_feature: Some(Self::device_feature),
         mmap: Some(Self::mmap),
         request: Some(Self::request),
+        match_: if T::HAS_MATCH_TOKEN {
+            Some(Self::match_)
+        } else {
+            None
+        },
+        match_token_uuid: if T::HAS_MATCH_TOKEN {
+            Some(Self::match_token_uuid)
+        } else {
+            None
+        },
         bind_iommufd: Some(bindings::vfio_iommufd_physical_bind),
         unbind_iommufd: Some(bindings::vfio_iommufd_physical_unbind),
         attach_ioas: Some(bindings::vfio_iommufd_physical_attach_ioas),
@@ -1177,9 +1237,102 @@ impl<T: Driver> VTable<T> {
     }
 }
 
+impl<T: Driver> VTable<T> {
+    /// # Safety
+    ///
+    /// Called by the VFIO core with a registered `vfio_device` of a [`Device<T>`], under its
+    /// group's device lock, and a C string.
+    unsafe extern "C" fn match_(vdev: *mut bindings::vfio_device, buf: *mut c_char) -> c_int {
+        // SAFETY: By the safety requirements, `vdev` belongs to a live, registered `Device<T>`:
+        // unregistering takes it off the group's list under the lock the caller holds.
+        let dev = unsafe { Device::<T, device::Bound>::from_raw(vdev) };
+        // SAFETY: By the safety requirements, `buf` is a C string.
+        let buf = unsafe { CStr::from_char_ptr(buf) };
+        match match_name(buf.to_bytes(), dev.parent().name().to_bytes()) {
+            Ok(None) => 0,
+            Ok(Some(token)) => from_result(|| {
+                // SAFETY: We are in a callback of a registered device.
+                unsafe { dev.with_data(|data| T::match_token_uuid(dev, data, token.as_ref())) }?;
+                Ok(1)
+            }),
+            Err(e) => e.to_errno(),
+        }
+    }
+
+    /// # Safety
+    ///
+    /// Called by the VFIO core with a registered `vfio_device` of a [`Device<T>`], and a null
+    /// or valid `uuid`.
+    unsafe extern "C" fn match_token_uuid(
+        vdev: *mut bindings::vfio_device,
+        uuid: *const bindings::uuid_t,
+    ) -> c_int {
+        // SAFETY: By the safety requirements, `vdev` belongs to a live, registered `Device<T>`.
+        let dev = unsafe { Device::<T, device::Bound>::from_raw(vdev) };
+        // SAFETY: By the safety requirements, `uuid` is null or valid for reads.
+        let token = unsafe { uuid.as_ref() }.map(|u| Uuid(u.b));
+        from_result(|| {
+            // SAFETY: We are in a callback of a registered device.
+            unsafe { dev.with_data(|data| T::match_token_uuid(dev, data, token.as_ref())) }?;
+            Ok(0)
+        })
+    }
+}
+
 #[macros::kunit_tests(rust_vfio)]
 mod tests {
     use super::*;
+
+    const NAME: &[u8] = b"0000:04:10.0";
+    const TOKEN: &[u8] = b"bd8d9d2b-5a5f-4f5a-a211-f591514ba1f3";
+
+    fn with(suffix: &[u8]) -> KVec<u8> {
+        let mut v = KVec::new();
+        v.extend_from_slice(NAME, GFP_KERNEL).unwrap();
+        v.extend_from_slice(suffix, GFP_KERNEL).unwrap();
+        v
+    }
+
+    #[test]
+    fn match_name_plain() {
+        assert_eq!(match_name(NAME, NAME), Ok(Some(None)));
+        assert_eq!(match_name(b"0000:04:10.1", NAME), Ok(None));
+        // Another device whose name starts with this one's.
+        assert_eq!(match_name(&with(b"0"), NAME), Ok(None));
+        assert_eq!(match_name(&with(b"   "), NAME), Ok(Some(None)));
+    }
+
+    #[test]
+    fn match_name_token() {
+        let token = Uuid::parse(TOKEN).unwrap();
+        let mut arg = KVec::new();
+        arg.extend_from_slice(b"  vf_token=", GFP_KERNEL).unwrap();
+        arg.extend_from_slice(TOKEN, GFP_KERNEL).unwrap();
+        assert_eq!(match_name(&with(&arg), NAME), Ok(Some(Some(token))));
+        arg.push(b' ', GFP_KERNEL).unwrap();
+        assert_eq!(match_name(&with(&arg), NAME), Ok(Some(Some(token))));
+        // Twice, or something after the UUID.
+        let mut twice = KVec::new();
+        twice.extend_from_slice(&arg, GFP_KERNEL).unwrap();
+        twice.extend_from_slice(&arg, GFP_KERNEL).unwrap();
+        assert_eq!(match_name(&with(&twice), NAME), Err(EINVAL));
+        arg.push(b'x', GFP_KERNEL).unwrap();
+        assert_eq!(match_name(&with(&arg), NAME), Err(EINVAL));
+    }
+
+    #[test]
+    fn match_name_bad_token() {
+        assert_eq!(match_name(&with(b" vf_token=bd8d9d2b"), NAME), Err(EINVAL));
+        assert_eq!(match_name(&with(b" vf_token="), NAME), Err(EINVAL));
+        assert_eq!(match_name(&with(b" token=x"), NAME), Err(EINVAL));
+        assert_eq!(
+            match_name(
+                &with(b" vf_token=bd8d9d2b-5a5f-4f5a-a211-f591514ba1fz"),
+                NAME
+            ),
+            Err(EINVAL)
+        );
+    }
 
     fn atomic_cap(flags: u32) -> uapi::vfio_device_info_cap_pci_atomic_comp {
         uapi::vfio_device_info_cap_pci_atomic_comp {
