@@ -159,7 +159,7 @@ echo "== module parameters in sysfs"
 # function sleeps in D3hot. A bad value is refused alike.
 param_state() {
 	local mod=$1 p f out=
-	for p in ids nointxmask disable_vga disable_idle_d3 disable_denylist; do
+	for p in ids nointxmask disable_vga disable_idle_d3 disable_denylist enable_sriov; do
 		f=/sys/module/$mod/parameters/$p
 		if [ -e "$f" ]; then out+="$p=$(stat -c %a "$f"):$(cat "$f") "; else out+="$p=absent "; fi
 	done
@@ -217,6 +217,77 @@ else
 fi
 [ "$(cat /sys/module/vfio_pci_rs/parameters/nointxmask)" = N ] ||
 	bad "nointxmask changed by a refused write"
+
+echo "== SR-IOV (igb PFs, one per driver)"
+# With enable_sriov, sriov_numvfs on a PF bound to either driver creates a VF that the PF's
+# bus notifier gives to the same driver. Opening the PF with a VF token sets it; the VF's
+# users must present it. The integration client then runs on the two VFs, compared as any
+# twin (VFIO_TEST_VF_TOKEN: the client presents the token where it is needed).
+vf_token=$(cat /proc/sys/kernel/random/uuid)
+open_error() { # BDF [TOKEN]: how opening BDF through its group ends
+	local out
+	if out=$(VFIO_TEST_VF_TOKEN=${2:-} "$CLIENT" info "$1" 2>&1 > /dev/null); then
+		echo ok
+	else
+		echo "${out##*: }"
+	fi
+}
+declare -A sriov_vf=() sriov_refused=()
+for drv in vfio-pci vfio-pci-rs; do
+	mod=${drv//-/_}
+	if [ "$drv" = vfio-pci ]; then pf=${igb%,*}; else pf=${igb#*,}; fi
+	"$CLIENT" bind "$pf" "$drv" > /dev/null || { bad "sriov $drv: bind PF $pf"; continue; }
+	# Refused without enable_sriov, as C refuses it.
+	echo N > "/sys/module/$mod/parameters/enable_sriov"
+	if err=$(echo 1 2>&1 > "/sys/bus/pci/devices/$pf/sriov_numvfs"); then
+		sriov_refused[$drv]=accepted
+	else
+		sriov_refused[$drv]=${err##*: }
+	fi
+	echo Y > "/sys/module/$mod/parameters/enable_sriov"
+	[ "$(open_error "$pf" "$vf_token")" = ok ] || bad "sriov $drv: open PF $pf with a VF token"
+	if ! echo 1 > "/sys/bus/pci/devices/$pf/sriov_numvfs"; then
+		bad "sriov $drv: sriov_numvfs=1 on $pf"
+		continue
+	fi
+	vf=$(basename "$(readlink "/sys/bus/pci/devices/$pf/virtfn0")")
+	for _ in $(seq 50); do
+		[ -e "/sys/bus/pci/devices/$vf/driver" ] && break
+		sleep 0.1
+	done
+	vf_drv=$(basename "$(readlink "/sys/bus/pci/devices/$vf/driver")")
+	if [ "$vf_drv" = "$drv" ]; then
+		ok "sriov $drv: VF $vf of $pf bound to $drv (driver_override $(cat "/sys/bus/pci/devices/$vf/driver_override"))"
+	else
+		bad "sriov $drv: VF $vf of $pf bound to '$vf_drv'"
+	fi
+	sriov_vf[$drv]=$vf
+	no_token=$(open_error "$vf")
+	wrong=$(open_error "$vf" "$(cat /proc/sys/kernel/random/uuid)")
+	right=$(open_error "$vf" "$vf_token")
+	echo "# $drv VF $vf: no token: $no_token; another token: $wrong; the PF's token: $right"
+	sriov_refused[$drv]+=" / $no_token / $wrong / $right"
+done
+# C's answers: ENOENT without enable_sriov; a VF of a PF of the driver needs the PF's token.
+if [ "${sriov_refused[vfio-pci]:-}" = "${sriov_refused[vfio-pci-rs]:-}" ] &&
+	[ "${sriov_refused[vfio-pci]:-}" = "No such file or directory / EACCES / EACCES / ok" ]; then
+	ok "sriov: same answers (numvfs without enable_sriov / VF without token / other token / token): ${sriov_refused[vfio-pci]:-}"
+else
+	bad "sriov: vfio-pci '${sriov_refused[vfio-pci]:-}', vfio-pci-rs '${sriov_refused[vfio-pci-rs]:-}'"
+fi
+if [ -n "${sriov_vf[vfio-pci]:-}" ] && [ -n "${sriov_vf[vfio-pci-rs]:-}" ]; then
+	VFIO_TEST_VF_TOKEN=$vf_token "$CLIENT" "igbvf=${sriov_vf[vfio-pci]},${sriov_vf[vfio-pci-rs]}" 2>&1 |
+		tee /tmp/client-vf.out | grep -E "^(FAIL|# checks)"
+	add_summary /tmp/client-vf.out "integration client on the VFs"
+fi
+for drv in vfio-pci vfio-pci-rs; do
+	if [ "$drv" = vfio-pci ]; then pf=${igb%,*}; else pf=${igb#*,}; fi
+	[ -e "/sys/bus/pci/devices/$pf/driver" ] || continue
+	echo 0 > "/sys/bus/pci/devices/$pf/sriov_numvfs" || bad "sriov $drv: sriov_numvfs=0 on $pf"
+	[ "$(cat "/sys/bus/pci/devices/$pf/sriov_numvfs")" = 0 ] || bad "sriov $drv: VFs left on $pf"
+	"$CLIENT" unbind "$pf" > /dev/null || bad "sriov $drv: unbind PF $pf"
+	echo N > "/sys/module/${drv//-/_}/parameters/enable_sriov"
+done
 
 echo "== module unload"
 for m in vfio_pci_rs vfio_pci; do

@@ -44,6 +44,10 @@ pub struct Layout {
     pub bus_peers: Vec<String>,
     /// A bus reset of this device's bus fails -ENOTTY in 7.3 (see `bus_reset_fails_on_link`).
     pub bus_reset_enotty: bool,
+    /// An SR-IOV VF: vfio virtualizes its vendor and device IDs, memory decode follows its
+    /// PF's SR-IOV MSE bit (COMMAND.MEM is ignored), and its device set is itself alone,
+    /// while a bus reset reaches its PF.
+    pub is_vf: bool,
 }
 
 impl Layout {
@@ -71,6 +75,7 @@ impl Layout {
         let ecaps = ext_caps(&cfg);
         let bus_peers = bus_peers(bdf)?;
         let bus_reset_enotty = link_rule(bdf, &bus_peers);
+        let is_vf = dir.join("physfn").exists();
         Ok(Layout {
             bdf: bdf.to_string(),
             res,
@@ -83,6 +88,7 @@ impl Layout {
             ecaps,
             bus_peers,
             bus_reset_enotty,
+            is_vf,
         })
     }
 
@@ -598,11 +604,17 @@ fn sec_cfg_read(ck: &mut Ck, dev: &File, lay: &Layout) -> Option<Vec<u8>> {
     let verdict = match &bulk {
         Ok(b) if b.len() == size => {
             let mut bad = Vec::new();
-            if b[..4] != lay.cfg[..4] {
+            // A VF reads all ones there: vfio shows the IDs of sysfs `vendor` and `device`.
+            let ids = if lay.is_vf {
+                [lay.vendor.to_le_bytes(), lay.device.to_le_bytes()].concat()
+            } else {
+                lay.cfg[..4].to_vec()
+            };
+            if b[..4] != ids[..] {
                 bad.push(format!(
                     "vendor/device {} (sysfs {})",
                     hex(&b[..4]),
-                    hex(&lay.cfg[..4])
+                    hex(&ids)
                 ));
             }
             if b[8..12] != lay.cfg[8..12] {
@@ -1154,6 +1166,17 @@ fn sec_msi(ck: &mut Ck, dev: &File, _lay: &Layout, m: usize) {
     ck.both("cfg-msi-address", seq_str(&s), v);
 }
 
+/// A BAR access with COMMAND.MEM clear is refused with EIO; a VF's memory decode is its PF's
+/// SR-IOV MSE, so COMMAND.MEM changes nothing there.
+fn memdisabled_verdict<T: ShowOk>(r: &io::Result<T>, lay: &Layout) -> Result<(), String> {
+    if !lay.is_vf {
+        return expect_errno(r, libc::EIO);
+    }
+    r.as_ref()
+        .map(|_| ())
+        .map_err(|e| format!("expected success on a VF (as vfio-pci) got {}", err_name(e)))
+}
+
 fn sec_mem_disabled(ck: &mut Ck, dev: &File, lay: &Layout, orig_cmd: &Result<u32, String>) {
     let Some((b, _)) = lay.first_mem_bar() else {
         return;
@@ -1188,7 +1211,7 @@ fn sec_mem_disabled(ck: &mut Ck, dev: &File, lay: &Layout, orig_cmd: &Result<u32
     ck.both(
         "bar-memdisabled-read",
         show_rd(&r, 4),
-        off.clone().and_then(|()| expect_errno(&r, libc::EIO)),
+        off.clone().and_then(|()| memdisabled_verdict(&r, lay)),
     );
     // Write back what was read (harmless if a driver lets it through).
     let data = pre
@@ -1201,7 +1224,7 @@ fn sec_mem_disabled(ck: &mut Ck, dev: &File, lay: &Layout, orig_cmd: &Result<u32
     ck.both(
         "bar-memdisabled-write",
         show_wr(&r, 4),
-        off.clone().and_then(|()| expect_errno(&r, libc::EIO)),
+        off.clone().and_then(|()| memdisabled_verdict(&r, lay)),
     );
     if lay.res[6].start != 0 {
         // A shadowed ROM is mapped from its shadow copy and then refused like a BAR (EIO); a
@@ -1963,6 +1986,11 @@ fn sec_hot_reset_group(ck: &mut Ck, gd: &GroupDevice, lay: &Layout, other_group:
 
 /// Success, or -ENOTTY where Linux's wait for the link after the bus reset fails.
 fn hot_reset_verdict(r: &io::Result<i32>, lay: &Layout) -> Result<(), String> {
+    if lay.is_vf {
+        return expect_errno(r, libc::EINVAL).map_err(|e| {
+            format!("{e}; a VF's device set is the VF alone, and a bus reset reaches its PF")
+        });
+    }
     if lay.bus_reset_enotty {
         return expect_errno(r, libc::ENOTTY).map_err(|e| {
             format!("{e}; the port below which the bus is reset never reports its link active, so vfio-pci's pci_reset_bus() fails")
@@ -2026,8 +2054,12 @@ fn sec_hot_reset_cdev(ck: &mut Ck, lay: &Layout) {
         }
         // Every function is in this driver's device set and its group is owned through this
         // iommufd: OWNED stays set, the others are listed as VFIO_PCI_DEVID_OWNED (0).
-        let want_flags =
-            uapi::VFIO_PCI_HOT_RESET_FLAG_DEV_ID | uapi::VFIO_PCI_HOT_RESET_FLAG_DEV_ID_OWNED;
+        // A VF's PF is outside its device set: listed as not owned (-1), OWNED clear.
+        let want_flags = if lay.is_vf {
+            uapi::VFIO_PCI_HOT_RESET_FLAG_DEV_ID
+        } else {
+            uapi::VFIO_PCI_HOT_RESET_FLAG_DEV_ID | uapi::VFIO_PCI_HOT_RESET_FLAG_DEV_ID_OWNED
+        };
         if flags != want_flags {
             return Err(format!(
                 "flags: expected {} (as vfio-pci) got {got}",
@@ -2035,7 +2067,13 @@ fn sec_hot_reset_cdev(ck: &mut Ck, lay: &Layout) {
             ));
         }
         for d in &devs {
-            let want = if d.bdf() == lay.bdf { devid } else { 0 };
+            let want = if d.bdf() == lay.bdf {
+                devid
+            } else if lay.is_vf {
+                u32::MAX
+            } else {
+                0
+            };
             if d.group_id_or_devid != want {
                 return Err(format!(
                     "{} should be listed with devid {want} (as vfio-pci): {got}",
@@ -2297,9 +2335,16 @@ pub(crate) fn cdev_bind_iommufd(bdf: &str) -> Result<(File, File, u32), String> 
     let name = sysfs::vfio_cdev_name(bdf).map_err(|e| format!("vfio-dev: {}", err_name(&e)))?;
     let dev = open_node(Path::new(&format!("/dev/vfio/devices/{name}")))?;
     let iommufd = open_node(Path::new("/dev/iommu"))?;
+    let token = sysfs::vf_token(bdf).and_then(|t| sysfs::uuid_bytes(&t));
     let mut bind = uapi::VfioDeviceBindIommufd {
         argsz: size_u32::<uapi::VfioDeviceBindIommufd>(),
         iommufd: iommufd.as_raw_fd(),
+        flags: if token.is_some() {
+            uapi::VFIO_DEVICE_BIND_FLAG_TOKEN
+        } else {
+            0
+        },
+        token_uuid_ptr: token.as_ref().map_or(0, |t| t.as_ptr() as u64),
         ..Default::default()
     };
     sys::ioctl_struct::<uapi::DeviceBindIommufd>(&dev, &mut bind)

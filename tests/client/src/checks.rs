@@ -248,7 +248,11 @@ pub struct GroupSession {
 impl GroupSession {
     /// `VFIO_GROUP_GET_DEVICE_FD` for `bdf`.
     pub fn device_fd(&self, bdf: &str) -> io::Result<File> {
-        let cname = CString::new(bdf).expect("a validated BDF has no NUL");
+        let name = match sysfs::vf_token(bdf) {
+            Some(token) => format!("{bdf} vf_token={token}"),
+            None => bdf.to_string(),
+        };
+        let cname = CString::new(name).expect("a validated BDF has no NUL");
         sys::group_get_device_fd(&self.group, &cname)
     }
 }
@@ -564,12 +568,17 @@ pub fn cdev_phase(p: &mut Phase, bdf: &str, rec: &mut Record) -> Result<(), Stop
     );
 
     let iommufd = p.step("iommufd-open", open_node(Path::new("/dev/iommu")))?;
+    let token = sysfs::vf_token(bdf).and_then(|t| sysfs::uuid_bytes(&t));
     let mut bind = uapi::VfioDeviceBindIommufd {
         argsz: size_u32::<uapi::VfioDeviceBindIommufd>(),
-        flags: 0,
+        flags: if token.is_some() {
+            uapi::VFIO_DEVICE_BIND_FLAG_TOKEN
+        } else {
+            0
+        },
         iommufd: std::os::fd::AsRawFd::as_raw_fd(&iommufd),
         out_devid: 0,
-        token_uuid_ptr: 0,
+        token_uuid_ptr: token.as_ref().map_or(0, |t| t.as_ptr() as u64),
     };
     let r = sys::ioctl_struct::<uapi::DeviceBindIommufd>(&dev, &mut bind);
     rec.set("bind-iommufd", outcome(&r));

@@ -32,6 +32,37 @@ fn link_basename(path: &Path) -> io::Result<String> {
 }
 
 /// The driver the device is bound to, `None` if unbound.
+/// The SR-IOV VF token to present when opening `bdf`: `VFIO_TEST_VF_TOKEN` (a UUID string)
+/// for a VF bound to the same driver as its PF, and for a PF, whose token it then sets. A VF
+/// whose PF is not bound to its driver needs none, and the drivers refuse one (`EINVAL`).
+pub fn vf_token(bdf: &str) -> Option<String> {
+    let token = std::env::var("VFIO_TEST_VF_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty())?;
+    let dir = device_dir(bdf);
+    let is_pf = fs::read_to_string(dir.join("sriov_totalvfs"))
+        .is_ok_and(|n| n.trim().parse::<u32>().is_ok_and(|n| n > 0));
+    let pf_driver = link_basename(&dir.join("physfn"))
+        .ok()
+        .and_then(|pf| current_driver(&pf).ok().flatten());
+    let is_vf_of_same_driver =
+        pf_driver.is_some_and(|pf| current_driver(bdf).ok().flatten() == Some(pf));
+    (is_pf || is_vf_of_same_driver).then_some(token)
+}
+
+/// The 16 bytes of a UUID string (`xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`).
+pub fn uuid_bytes(s: &str) -> Option<[u8; 16]> {
+    let hex: Vec<u8> = s.bytes().filter(|&c| c != b'-').collect();
+    if s.len() != 36 || hex.len() != 32 {
+        return None;
+    }
+    let mut out = [0u8; 16];
+    for (i, pair) in hex.chunks(2).enumerate() {
+        out[i] = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
+    }
+    Some(out)
+}
+
 pub fn current_driver(bdf: &str) -> io::Result<Option<String>> {
     let link = device_dir(bdf).join("driver");
     match link_basename(&link) {

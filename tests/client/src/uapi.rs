@@ -129,6 +129,8 @@ pub const VFIO_DEVICE_RESET: u32 = vfio_io(11);
 pub const VFIO_DEVICE_GET_PCI_HOT_RESET_INFO: u32 = vfio_io(12);
 pub const VFIO_DEVICE_PCI_HOT_RESET: u32 = vfio_io(13);
 pub const VFIO_DEVICE_BIND_IOMMUFD: u32 = vfio_io(18);
+/// `VFIO_DEVICE_BIND_FLAG_TOKEN`: `token_uuid_ptr` points to the VF token.
+pub const VFIO_DEVICE_BIND_FLAG_TOKEN: u32 = 1 << 0;
 pub const VFIO_DEVICE_ATTACH_IOMMUFD_PT: u32 = vfio_io(19);
 
 /// `VFIO_PCI_NUM_REGIONS`: BAR0-5, ROM, CONFIG, VGA.
