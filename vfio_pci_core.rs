@@ -97,10 +97,22 @@ kernel::pci_device_table!(
     [(pci::DeviceId::vfio_driver_override(None, None), ())]
 );
 
+/// What the PCI driver keeps per bound function.
+struct VfioPciData {
+    /// The VFIO device: the allocation reference, held as C's drvdata holds it, until the
+    /// function is unbound.
+    vdev: ARef<vfio::Device<VfioPciCore>>,
+    /// The VGA region is not offered (`vfio_vga_disabled()`).
+    vga_disabled: bool,
+    /// Another VGA function sits on this one's bus or below (the walk of
+    /// `vfio_pci_set_decode()`). Found at probe: the arbiter asks under its spinlock, where
+    /// C's walk of the PCI devices could sleep.
+    vga_below: bool,
+}
+
 impl pci::Driver for VfioPciDriver {
     type IdInfo = ();
-    // Holds the allocation reference, as C's drvdata does, until the device is unbound.
-    type Data<'bound> = ARef<vfio::Device<VfioPciCore>>;
+    type Data<'bound> = VfioPciData;
     const ID_TABLE: pci::IdTable<Self::IdInfo> = &PCI_TABLE;
     const DRIVER_MANAGED_DMA: bool = true;
 
@@ -108,7 +120,33 @@ impl pci::Driver for VfioPciDriver {
         pdev: &'bound pci::Device<Core<'_>>,
         _info: Option<&'bound Self::IdInfo>,
     ) -> impl PinInit<Self::Data<'bound>, Error> + 'bound {
-        VfioPciCore::probe(pdev, Params::get())
+        let params = Params::get();
+        let vga_disabled = !cfg!(CONFIG_VFIO_PCI_RUST_VGA) || params.disable_vga;
+        let vga_below = pdev.is_vga() && !pdev.is_on_root_bus() && pdev.vga_on_same_or_lower_bus();
+        VfioPciCore::probe(pdev, params).map(|vdev| VfioPciData {
+            vdev,
+            vga_disabled,
+            vga_below,
+        })
+    }
+
+    const HAS_VGA_CLIENT: bool = true;
+
+    /// `vfio_pci_set_decode()`: a function whose VGA ranges are offered to the user, the only
+    /// VGA device, or one on a root bus keeps decoding the legacy ranges; otherwise only if
+    /// another VGA function sits below the same bridge.
+    fn vga_set_decode<'bound>(
+        pdev: &'bound pci::Device<Bound>,
+        this: Pin<&Self::Data<'bound>>,
+        single_vga: bool,
+    ) -> pci::VgaDecodes {
+        let normal = pci::VgaDecodes::NORMAL_IO | pci::VgaDecodes::NORMAL_MEM;
+        let legacy = pci::VgaDecodes::LEGACY_IO | pci::VgaDecodes::LEGACY_MEM;
+        if single_vga || !this.vga_disabled || pdev.is_on_root_bus() || this.vga_below {
+            normal | legacy
+        } else {
+            normal
+        }
     }
 
     /// `vfio_pci_core_unregister_device()`: the function stays in D0 once unbound. The VFIO
@@ -116,7 +154,7 @@ impl pci::Driver for VfioPciDriver {
     /// keeps the function active meanwhile.
     fn unbind<'bound>(pdev: &'bound pci::Device<Core<'_>>, this: Pin<&Self::Data<'bound>>) {
         let dev: &kernel::device::Device<Bound> = pdev.as_ref();
-        this.with_registered(pdev.as_ref(), |_, core| {
+        this.vdev.with_registered(pdev.as_ref(), |_, core| {
             let _ = core.sriov_configure(pdev, 0);
             if !core.disable_idle_d3 {
                 dev.pm_runtime_get_noresume();
@@ -136,10 +174,11 @@ impl pci::Driver for VfioPciDriver {
         if !module_parameters::enable_sriov.value() {
             return Err(ENOENT);
         }
-        this.with_registered(pdev.as_ref(), |_, core| {
-            core.sriov_configure(pdev, nr_virtfn)
-        })
-        .unwrap_or(Err(ENODEV))
+        this.vdev
+            .with_registered(pdev.as_ref(), |_, core| {
+                core.sriov_configure(pdev, nr_virtfn)
+            })
+            .unwrap_or(Err(ENODEV))
     }
 
     const HAS_RUNTIME_PM: bool = true;
@@ -150,7 +189,8 @@ impl pci::Driver for VfioPciDriver {
         this: Pin<&Self::Data<'bound>>,
         pm: &pm_runtime::Callback<'_>,
     ) -> Result {
-        this.with_registered_pm(pm, |_, core| core.runtime_suspend(pdev));
+        this.vdev
+            .with_registered_pm(pm, |_, core| core.runtime_suspend(pdev));
         Ok(())
     }
 
@@ -160,7 +200,8 @@ impl pci::Driver for VfioPciDriver {
         this: Pin<&Self::Data<'bound>>,
         pm: &pm_runtime::Callback<'_>,
     ) -> Result {
-        this.with_registered_pm(pm, |_, core| core.runtime_resume(pdev));
+        this.vdev
+            .with_registered_pm(pm, |_, core| core.runtime_resume(pdev));
         Ok(())
     }
 
@@ -172,7 +213,8 @@ impl pci::Driver for VfioPciDriver {
         pdev: &'bound pci::Device<Core<'_>>,
         this: Pin<&Self::Data<'bound>>,
     ) -> pci::ErsResult {
-        this.with_registered(pdev.as_ref(), |_, core| core.signal_err());
+        this.vdev
+            .with_registered(pdev.as_ref(), |_, core| core.signal_err());
         pci::ErsResult::CanRecover
     }
 }
@@ -346,6 +388,11 @@ impl VfioPciCore {
         }
 
         let sriov = vfio_pci_sriov::Sriov::new(pdev)?;
+
+        // A firmware framebuffer may hold the BARs of a VGA function (`vfio_pci_vga_init()`).
+        if is_vga(pdev) {
+            pdev.remove_conflicting_framebuffers(DRIVER_NAME)?;
+        }
 
         // pci-core leaves the power state unknown at boot and after a driver unbinds; the only
         // transition out of it is to D0, which runtime PM needs. A failure shows again at open.

@@ -289,6 +289,45 @@ for drv in vfio-pci vfio-pci-rs; do
 	echo N > "/sys/module/${drv//-/_}/parameters/enable_sriov"
 done
 
+echo "== VGA arbiter"
+# A VGA function bound to either driver is a client of the VGA arbiter (vga_client_register()
+# with C's set_decode). With disable_vga=1 and no other VGA function below its bridge (each
+# twin sits behind a root port of its own) it gives up the legacy VGA ranges; unbound, it
+# decodes them again. Read through /dev/vga_arbiter: "target PCI:<BDF>", then its status.
+vga=${TWINS[4]#*=}
+vga_decodes() { # BDF: the arbiter's decodes= for BDF
+	local line
+	exec 3<> /dev/vga_arbiter || { echo "no arbiter"; return; }
+	echo "target PCI:$1" >&3
+	read -r line <&3
+	exec 3>&-
+	line=${line#*decodes=}
+	echo "${line%%,*}"
+}
+declare -A vga_seen=()
+for disable_vga in 0 1; do
+	rmmod vfio_pci_rs vfio_pci 2> /dev/null
+	modprobe vfio_pci disable_vga=$disable_vga && modprobe vfio_pci_rs disable_vga=$disable_vga ||
+		bad "vga: modprobe with disable_vga=$disable_vga"
+	for drv in vfio-pci vfio-pci-rs; do
+		if [ "$drv" = vfio-pci ]; then bdf=${vga%,*}; else bdf=${vga#*,}; fi
+		before=$(vga_decodes "$bdf")
+		"$CLIENT" bind "$bdf" "$drv" > /dev/null || { bad "vga $drv: bind $bdf"; continue; }
+		bound=$(vga_decodes "$bdf")
+		"$CLIENT" unbind "$bdf" > /dev/null || bad "vga $drv: unbind $bdf"
+		vga_seen[$drv]+="disable_vga=$disable_vga: $before, bound $bound, unbound $(vga_decodes "$bdf"); "
+	done
+done
+rmmod vfio_pci_rs vfio_pci 2> /dev/null
+modprobe vfio_pci && modprobe vfio_pci_rs || bad "vga: modprobe"
+echo "# vfio-pci: ${vga_seen[vfio-pci]:-}"
+want="disable_vga=0: io+mem, bound io+mem, unbound io+mem; disable_vga=1: io+mem, bound none, unbound io+mem; "
+if [ "${vga_seen[vfio-pci]:-}" = "${vga_seen[vfio-pci-rs]:-}" ] && [ "${vga_seen[vfio-pci]:-}" = "$want" ]; then
+	ok "vga: the arbiter's legacy decodes, before, bound and unbound, are the same on both drivers"
+else
+	bad "vga: vfio-pci-rs: ${vga_seen[vfio-pci-rs]:-}"
+fi
+
 echo "== module unload"
 for m in vfio_pci_rs vfio_pci; do
 	if rmmod "$m"; then ok "rmmod $m"; else bad "rmmod $m"; fi

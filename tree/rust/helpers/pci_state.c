@@ -2,6 +2,7 @@
 
 #include <linux/pci.h>
 #include <linux/vgaarb.h>
+#include <linux/aperture.h>
 
 __rust_helper bool rust_helper_pci_is_root_bus(struct pci_bus *pbus)
 {
@@ -40,3 +41,35 @@ __rust_helper int rust_helper_pci_domain_nr(struct pci_bus *bus)
 {
 	return pci_domain_nr(bus);
 }
+
+__rust_helper int rust_helper_aperture_remove_conflicting_pci_devices(struct pci_dev *pdev,
+								      const char *name)
+{
+	return aperture_remove_conflicting_pci_devices(pdev, name);
+}
+
+#ifndef CONFIG_PCI_IOV
+__rust_helper int rust_helper_pci_enable_sriov(struct pci_dev *dev, int nr_virtfn)
+{
+	return pci_enable_sriov(dev, nr_virtfn);
+}
+
+__rust_helper void rust_helper_pci_disable_sriov(struct pci_dev *dev)
+{
+	pci_disable_sriov(dev);
+}
+#endif
+
+#ifndef CONFIG_VGA_ARB
+__rust_helper void rust_helper_vga_set_legacy_decoding(struct pci_dev *pdev, unsigned int decodes)
+{
+	vga_set_legacy_decoding(pdev, decodes);
+}
+
+__rust_helper int rust_helper_vga_client_register(struct pci_dev *pdev,
+						  unsigned int (*set_decode)(struct pci_dev *pdev,
+									     bool state))
+{
+	return vga_client_register(pdev, set_decode);
+}
+#endif
