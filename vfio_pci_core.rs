@@ -331,11 +331,6 @@ impl Params {
     }
 }
 
-/// Whether `pdev` is a VGA device (`vfio_pci_is_vga()`).
-fn is_vga(pdev: &pci::Device) -> bool {
-    pdev.pci_class() == pci::Class::DISPLAY_VGA
-}
-
 /// Whether vfio-pci refuses `pdev` for known errata (`vfio_pci_dev_in_denylist()`).
 fn in_denylist(pdev: &pci::Device) -> bool {
     pdev.vendor_id() == pci::Vendor::INTEL
@@ -390,7 +385,7 @@ impl VfioPciCore {
         let sriov = vfio_pci_sriov::Sriov::new(pdev)?;
 
         // A firmware framebuffer may hold the BARs of a VGA function (`vfio_pci_vga_init()`).
-        if is_vga(pdev) {
+        if pdev.is_vga() {
             pdev.remove_conflicting_framebuffers(DRIVER_NAME)?;
         }
 
@@ -434,7 +429,7 @@ impl VfioPciCore {
                 memory_lock,
                 dmabufs,
                 bar_mmap_supported: [const { AtomicBool::new(false) }; 6],
-                has_vga: cfg!(CONFIG_VFIO_PCI_RUST_VGA) && !params.disable_vga && is_vga(pdev),
+                has_vga: cfg!(CONFIG_VFIO_PCI_RUST_VGA) && !params.disable_vga && pdev.is_vga(),
                 disable_idle_d3: params.disable_idle_d3,
                 nointxmask: params.nointxmask,
                 needs_reset: AtomicBool::new(false),
