@@ -1677,6 +1677,19 @@ impl VfioPciCore {
         Ok(())
     }
 
+    /// Makes the dword at `pos` live in `vconfig` alone, with value `val`: writes do not reach
+    /// the hardware, as C does for the IGD's OpRegion address (`PCI_CAP_ID_INVALID_VIRT` in
+    /// `pci_config_map`).
+    pub(crate) fn config_virtualize_dword(&self, pos: usize, val: u32) {
+        let mut state = self.config.lock();
+        if let Some(virt) = state.virt.as_mut() {
+            virt.set(pos, 4, val);
+            for byte in virt.map.iter_mut().skip(pos).take(4) {
+                *byte = CAP_ID_INVALID_VIRT;
+            }
+        }
+    }
+
     /// Drops the virtualized config space at close (`vfio_config_free()`).
     pub(crate) fn config_free(&self) {
         let mut state = self.config.lock();

@@ -29,10 +29,12 @@ use kernel::{
 
 mod vfio_pci_config;
 mod vfio_pci_dmabuf;
+mod vfio_pci_igd;
 mod vfio_pci_intrs;
 mod vfio_pci_pm;
 mod vfio_pci_priv;
 mod vfio_pci_rdwr;
+mod vfio_pci_region;
 mod vfio_pci_sriov;
 
 use vfio_pci_priv::{IntxMasking, MemoryState, MsixLocation};
@@ -232,12 +234,16 @@ struct OpenState {
 
 /// A function driven by vfio-pci-rs, C's `struct vfio_pci_core_device`.
 ///
-/// Lock order: `open`, then `config`, then `igate`, then `memory_lock`.
+/// Lock order: `open`, then `config`, then `igate`, then `memory_lock`. `dev_regions` is
+/// taken alone, or under `mmap_lock`.
 #[pin_data]
 struct VfioPciCore {
     /// Open state. `open_device` and `close_device` also run under the device set lock.
     #[pin]
     open: Mutex<OpenState>,
+    /// The device-specific regions of the open function (`region`, `num_regions`).
+    #[pin]
+    dev_regions: vfio_pci_region::DevRegions,
     /// The virtualized config space, set up at open.
     #[pin]
     config: Mutex<vfio_pci_config::ConfigState>,
@@ -421,6 +427,7 @@ impl VfioPciCore {
             vfio::DeviceSetKey::for_pci(pdev),
             try_pin_init!(Self {
                 open <- new_mutex!(OpenState::default()),
+                dev_regions <- new_mutex!(KVec::new()),
                 config <- new_mutex!(vfio_pci_config::ConfigState::new()),
                 igate <- new_mutex!(vfio_pci_intrs::IrqState::default(), "vfio_pci_rs::igate"),
                 ioeventfds <- new_mutex!(KVec::new()),
@@ -470,7 +477,7 @@ impl VfioPciCore {
         if self.open.lock().reset_works {
             info.flags |= uapi::VFIO_DEVICE_FLAGS_RESET;
         }
-        info.num_regions = uapi::VFIO_PCI_NUM_REGIONS;
+        info.num_regions = self.num_regions();
         info.num_irqs = uapi::VFIO_PCI_NUM_IRQS;
 
         let mut caps = vfio::InfoCaps::new();
@@ -733,7 +740,7 @@ impl VfioPciCore {
         // CAST: The VFIO core only passes file positions it accepted, which are not negative.
         let index = vfio_pci_priv::offset_to_index(*pos as u64);
         let index = u32::try_from(index).map_err(|_| EINVAL)?;
-        if index >= uapi::VFIO_PCI_NUM_REGIONS {
+        if index >= self.num_regions() {
             return Err(EINVAL);
         }
         let _active = pdev.as_ref().pm_runtime_active().map_err(|e| {
@@ -747,7 +754,12 @@ impl VfioPciCore {
                 self.bar_rw(pdev, buf, count, pos, write)
             }
             uapi::VFIO_PCI_VGA_REGION_INDEX => self.vga_rw(pdev, buf, count, pos, write),
-            _ => Err(EINVAL),
+            _ => {
+                let offset = u64::try_from(*pos)? & vfio_pci_priv::OFFSET_MASK;
+                let done = self.dev_region_rw(index, buf, count, offset, write)?;
+                *pos += i64::try_from(done)?;
+                Ok(done)
+            }
         }
     }
 
@@ -812,8 +824,7 @@ impl VfioPciCore {
                 info.size = 0xc0000;
                 info.flags = read_write;
             }
-            // No device-specific regions (index >= VFIO_PCI_NUM_REGIONS) are registered.
-            _ => return Err(EINVAL),
+            _ => return self.dev_region_info(info, caps),
         }
         Ok(())
     }
@@ -1133,6 +1144,22 @@ impl vfio::Driver for VfioPciCore {
             return Err(e);
         }
 
+        // The IGD regions (`vfio_pci_open_device()`); a function without an OpRegion has none.
+        if vfio_pci_igd::has_igd_regions(pdev) {
+            if let Err(e) = this.igd_init(pdev).or_else(|e| match e {
+                ENODEV => Ok(()),
+                e => Err(e),
+            }) {
+                dev_warn!(pdev, "Failed to setup Intel IGD regions\n");
+                this.release_dev_regions();
+                this.config_free();
+                let _ = pdev.load_saved_state(saved_state);
+                pdev.disable_device();
+                this.idle(pdev);
+                return Err(e);
+            }
+        }
+
         this.memory_lock.write().bars = Self::map_bars(pdev);
 
         *open = OpenState {
@@ -1179,6 +1206,7 @@ impl vfio::Driver for VfioPciCore {
         this.ioeventfd_close();
 
         this.config_free();
+        this.release_dev_regions();
         {
             let mut memory = this.memory_lock.write();
             memory.bars = core::array::from_fn(|_| Err(ENODEV));

@@ -302,14 +302,16 @@ impl VfioPciCore {
         let pgoff = vma.pgoff();
         let index_shift = OFFSET_SHIFT - PAGE_SHIFT as u32;
         let index = offset_to_index((pgoff as u64) << PAGE_SHIFT);
-        if index >= u64::from(uapi::VFIO_PCI_NUM_REGIONS) || vma.end() < vma.start() {
+        if index >= u64::from(self.num_regions()) || vma.end() < vma.start() {
             return Err(EINVAL);
         }
         if vma.flags() & kernel::mm::virt::flags::SHARED == 0 {
             return Err(EINVAL);
         }
-        // CAST: Below `VFIO_PCI_NUM_REGIONS`.
-        let index = index as u32;
+        let index = u32::try_from(index)?;
+        if index >= uapi::VFIO_PCI_NUM_REGIONS {
+            return self.dev_region_mmap(index, vma);
+        }
         if index >= ROM_INDEX {
             return Err(EINVAL);
         }

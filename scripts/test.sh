@@ -48,7 +48,8 @@ STRESS_SECS=${STRESS_SECS:-60}
 case "$STRESS_SECS" in '' | *[!0-9]*) die "STRESS_SECS must be a number of seconds" ;; esac
 set +e
 vm_start=$SECONDS
-boot main 'bash tests/guest/run-tests.sh'
+# The kernel is built with CONFIG_VFIO_PCI_RUST_IGD_TEST (config/vfio-pci-rs.config).
+boot main 'VFIO_TEST_IGD_REGIONS=1 bash tests/guest/run-tests.sh'
 status=$?
 stages+=("vm (KUnit + integration): $((SECONDS - vm_start)) s")
 # The race stress (issue 4) in a boot of its own: STRESS_SECS per driver. It runs with the

@@ -44,7 +44,7 @@ done
 # The device set: twins of each type, each alone behind its own PCIe root port (so it has a
 # slot or bus reset of its own), plus two pci-testdevs sharing a conventional PCI bus behind
 # a pcie-pci-bridge (the mixed-driver bus). Root ports sit at 00:10.0-00:1a.0, so the guest
-# numbers their buses 01-0b and the bridge's bus 0c.
+# numbers their buses 01-0b and the bridge's bus 0c; a bochs-display follows at 00:1b.0.
 dev=(-device "intel-iommu,intremap=on")
 port() { dev+=(-device "pcie-root-port,id=rp$1,bus=pcie.0,chassis=$1,addr=$2"); }
 n=1
@@ -60,6 +60,11 @@ done
 port $n "$(printf '0x%x' $((0x0f + n)))"
 dev+=(-device "pcie-pci-bridge,id=br0,bus=rp$n,addr=0.0")
 dev+=(-device "pci-testdev,bus=br0,addr=1.0" -device "pci-testdev,bus=br0,addr=2.0")
+# A non-VGA display function (class 0x0380) for the device-specific region tests, on a root
+# port of its own (bus 0d).
+n=$((n + 1))
+port $n "$(printf '0x%x' $((0x0f + n)))"
+dev+=(-device "bochs-display,bus=rp$n,addr=0.0")
 for i in 1 2; do
 	dev+=(-object "memory-backend-file,id=ivshmem$i,share=on,mem-path=$CACHE/vm/ivshmem$i,size=1G")
 done

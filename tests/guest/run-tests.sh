@@ -328,6 +328,42 @@ else
 	bad "vga: vfio-pci-rs: ${vga_seen[vfio-pci-rs]:-}"
 fi
 
+echo "== device-specific regions (bochs-display, IGD bridge regions of the test build)"
+# Regions past index 8 (C's vfio_pci_core_register_dev_region()): on real hardware only an
+# Intel IGD has them, the read-only config spaces of the host bridge 00:00.0 and the LPC
+# bridge 00:1f.0 (vfio_pci_igd.c) at indexes 9 and 10. No QEMU device is an IGD, so the test
+# build of vfio-pci-rs (CONFIG_VFIO_PCI_RUST_IGD_TEST) offers C's IGD bridge regions on every
+# non-VGA display function (class 0x0380), as an IGD that is not the boot VGA device is:
+# QEMU's bochs-display. vfio-pci offers none there (not Intel), nor does vfio-pci-rs without
+# the option; VFIO_TEST_IGD_REGIONS=1 says the kernel is the test build. The client compares
+# what the regions read with the bridges' sysfs config files.
+display=
+for d in /sys/bus/pci/devices/*; do
+	if [ "$(cat "$d/vendor")" = 0x1234 ] && [ "$(cat "$d/device")" = 0x1111 ] &&
+		[ "$(cat "$d/class")" = 0x038000 ]; then
+		display=${d##*/}
+		break
+	fi
+done
+if [ -z "$display" ]; then
+	bad "dev-regions: no bochs-display function (1234:1111, class 0x038000) in the VM"
+else
+	display_drv=$(readlink "/sys/bus/pci/devices/$display/driver") || display_drv=none
+	echo "# bochs-display $display, driver ${display_drv##*/}"
+	for drv in vfio-pci vfio-pci-rs; do
+		expect=none
+		[ "$drv" = vfio-pci-rs ] && [ "${VFIO_TEST_IGD_REGIONS:-0}" = 1 ] && expect=igd-bridges
+		if "$CLIENT" bind "$display" "$drv" > /dev/null; then
+			"$CLIENT" dev-regions "$display" "$expect" 2>&1 | tee "/tmp/dev-regions-$drv.out"
+			add_summary "/tmp/dev-regions-$drv.out" "dev-regions $drv"
+		else
+			bad "dev-regions $drv: bind $display"
+		fi
+	done
+	# Left unbound, as the VGA twins are.
+	"$CLIENT" unbind "$display" > /dev/null || bad "dev-regions: unbind $display"
+fi
+
 echo "== module unload"
 for m in vfio_pci_rs vfio_pci; do
 	if rmmod "$m"; then ok "rmmod $m"; else bad "rmmod $m"; fi

@@ -3,6 +3,8 @@
 use std::fmt;
 use std::time::Duration;
 
+use crate::devregion::Expect;
+
 pub const USAGE: &str = "\
 usage:
   vfio-test [--driver vfio-pci|vfio-pci-rs]... [--only-driver vfio-pci|vfio-pci-rs] TWIN...
@@ -20,6 +22,11 @@ usage:
       open BDF (through its group, type1v2 container: fully opened; with --cdev only
       open() /dev/vfio/devices/vfioN, no iommufd bound), print `held BDF PATH`, sleep
       SECONDS (decimal, e.g. 5 or 0.5), close, print `released BDF`; exit 1 on a failure
+  vfio-test dev-regions BDF none|igd-bridges
+      open BDF (bound to vfio-pci or vfio-pci-rs) through its group and check its
+      device-specific regions (index >= 9): none at all, or the two IGD bridge regions of
+      C's vfio_pci_igd.c (index 9: config space of 0000:00:00.0, 10: of 0000:00:1f.0;
+      read-only, TYPE capability); PASS/FAIL lines, `N passed, N failed`; exit 1 if any failed
 ";
 
 /// The two drivers under comparison.
@@ -117,6 +124,10 @@ pub enum Cmd {
         bdf: String,
         time: Duration,
         cdev: bool,
+    },
+    DevRegions {
+        bdf: String,
+        expect: Expect,
     },
     Help,
 }
@@ -242,6 +253,17 @@ pub fn parse(args: &[String]) -> Result<Cmd, String> {
                     cdev,
                 }),
                 _ => Err("hold takes BDF SECONDS [--cdev]".to_string()),
+            };
+        }
+        "dev-regions" => {
+            return match &args[1..] {
+                [bdf, expect] => Ok(Cmd::DevRegions {
+                    bdf: parse_bdf(bdf)?,
+                    expect: Expect::parse(expect)?,
+                }),
+                _ => {
+                    Err("dev-regions takes exactly two arguments: BDF none|igd-bridges".to_string())
+                }
             };
         }
         _ => {}
@@ -429,6 +451,33 @@ mod tests {
         assert!(parse(&args(&["unbind"])).is_err());
         assert!(parse(&args(&["info", "a", "b"])).is_err());
         assert!(parse(&args(&["info", "zz"])).is_err());
+    }
+
+    #[test]
+    fn dev_regions() {
+        assert_eq!(
+            parse(&args(&["dev-regions", "00:03.0", "igd-bridges"])).unwrap(),
+            Cmd::DevRegions {
+                bdf: "0000:00:03.0".into(),
+                expect: Expect::IgdBridges
+            }
+        );
+        assert_eq!(
+            parse(&args(&["dev-regions", "0000:00:03.0", "none"])).unwrap(),
+            Cmd::DevRegions {
+                bdf: "0000:00:03.0".into(),
+                expect: Expect::None
+            }
+        );
+        for bad in [
+            &["dev-regions"][..],
+            &["dev-regions", "00:03.0"],
+            &["dev-regions", "00:03.0", "igd"],
+            &["dev-regions", "zz", "none"],
+            &["dev-regions", "00:03.0", "none", "x"],
+        ] {
+            assert!(parse(&args(bad)).is_err(), "{bad:?} accepted");
+        }
     }
 
     #[test]

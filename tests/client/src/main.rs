@@ -10,6 +10,7 @@ mod bench;
 mod cfgspace;
 mod checks;
 mod cli;
+mod devregion;
 mod faultsafe;
 mod hold;
 mod irq;
@@ -51,6 +52,7 @@ fn main() -> ExitCode {
         Cmd::Unbind { bdf } => done(sysfs::restore(&bdf).map(|()| println!("{bdf}: unbound"))),
         Cmd::Info { bdf } => done(checks::info(&bdf)),
         Cmd::Hold { bdf, time, cdev } => done(hold::hold(&bdf, time, cdev)),
+        Cmd::DevRegions { bdf, expect } => devregion::run(&bdf, expect),
         Cmd::Run { drivers, twins } => {
             let mut rep = Reporter::stdout();
             for twin in &twins {

@@ -164,9 +164,35 @@ pub const VFIO_REGION_INFO_FLAG_CAPS: u32 = 1 << 3;
 pub const VFIO_REGION_INFO_MINSZ: u32 = 32;
 /// Region capability id (`struct vfio_info_cap_header.id`) of the MSI-X BAR's capability.
 pub const VFIO_REGION_INFO_CAP_MSIX_MAPPABLE: u16 = 3;
+/// Region capability id of [`VfioRegionInfoCapType`] (version 1): what a device-specific
+/// region (index >= `VFIO_PCI_NUM_REGIONS`) is.
+pub const VFIO_REGION_INFO_CAP_TYPE: u16 = 2;
+
+/// `struct vfio_region_info_cap_type`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VfioRegionInfoCapType {
+    pub header: VfioInfoCapHeader,
+    /// Global per bus driver, e.g. `VFIO_REGION_TYPE_PCI_VENDOR_TYPE | vendor`.
+    pub r#type: u32,
+    /// Type specific, e.g. `VFIO_REGION_SUBTYPE_INTEL_IGD_HOST_CFG`.
+    pub subtype: u32,
+}
+/// Region type containing a PCI vendor ID in its low 16 bits.
+pub const VFIO_REGION_TYPE_PCI_VENDOR_TYPE: u32 = 1 << 31;
+pub const VFIO_REGION_TYPE_PCI_VENDOR_MASK: u32 = 0xffff;
+/// 8086 vendor sub-types: the IGD OpRegion, and the config space of the host bridge
+/// (00:00.0) and of the LPC bridge (00:1f.0), read-only (`vfio_pci_igd.c`).
+pub const VFIO_REGION_SUBTYPE_INTEL_IGD_OPREGION: u32 = 1;
+pub const VFIO_REGION_SUBTYPE_INTEL_IGD_HOST_CFG: u32 = 2;
+pub const VFIO_REGION_SUBTYPE_INTEL_IGD_LPC_CFG: u32 = 3;
+/// `PCI_VENDOR_ID_INTEL` (`include/linux/pci_ids.h`).
+pub const PCI_VENDOR_ID_INTEL: u16 = 0x8086;
 
 /// `VFIO_PCI_INDEX_TO_OFFSET(index)`: regions sit at `index << 40` in the device fd.
 pub const VFIO_PCI_OFFSET_SHIFT: u32 = 40;
+/// `VFIO_PCI_OFFSET_MASK`: the position within a region.
+pub const VFIO_PCI_OFFSET_MASK: u64 = (1 << VFIO_PCI_OFFSET_SHIFT) - 1;
 pub const VFIO_PCI_ROM_REGION_INDEX: u32 = 6;
 pub const VFIO_PCI_CONFIG_REGION_INDEX: u32 = 7;
 pub const VFIO_PCI_VGA_REGION_INDEX: u32 = 8;
@@ -658,6 +684,10 @@ mod tests {
         assert_eq!(offset_of!(VfioRegionInfo, size), 16);
         assert_eq!(offset_of!(VfioRegionInfo, offset), 24);
 
+        assert_eq!(size_of::<VfioRegionInfoCapType>(), 16);
+        assert_eq!(offset_of!(VfioRegionInfoCapType, r#type), 8);
+        assert_eq!(offset_of!(VfioRegionInfoCapType, subtype), 12);
+
         assert_eq!(size_of::<VfioIrqInfo>(), 16);
         assert_eq!(offset_of!(VfioIrqInfo, index), 8);
         assert_eq!(offset_of!(VfioIrqInfo, count), 12);
@@ -758,6 +788,12 @@ mod tests {
         assert_eq!(VFIO_PCI_REGION_NAMES.len() as u32, VFIO_PCI_NUM_REGIONS);
         assert_eq!(VFIO_PCI_IRQ_NAMES.len() as u32, VFIO_PCI_NUM_IRQS);
         assert_eq!(VFIO_GROUP_FLAGS_CONTAINER_SET, 2);
+        assert_eq!(VFIO_REGION_INFO_CAP_TYPE, 2);
+        assert_eq!(
+            VFIO_REGION_TYPE_PCI_VENDOR_TYPE | u32::from(PCI_VENDOR_ID_INTEL),
+            0x8000_8086
+        );
+        assert_eq!(VFIO_PCI_OFFSET_MASK, 0xff_ffff_ffff);
     }
 
     #[test]

@@ -43,8 +43,8 @@ impl ResourceFlags {
     }
 }
 
-macro_rules! user_config_accessors {
-    ($($read:ident, $write:ident, $ty:ty, $c_read:ident, $c_write:ident;)*) => {
+macro_rules! user_config_readers {
+    ($($read:ident, $ty:ty, $c_read:ident;)*) => {
         $(
             #[doc = concat!("Reads a `", stringify!($ty), "` of config space on behalf of ")]
             #[doc = concat!("userspace (`", stringify!($c_read), "()`).")]
@@ -55,7 +55,13 @@ macro_rules! user_config_accessors {
                 to_result(unsafe { bindings::$c_read(self.as_raw(), pos.into(), &mut val) })?;
                 Ok(val)
             }
+        )*
+    };
+}
 
+macro_rules! user_config_writers {
+    ($($write:ident, $ty:ty, $c_write:ident;)*) => {
+        $(
             #[doc = concat!("Writes a `", stringify!($ty), "` of config space on behalf of ")]
             #[doc = concat!("userspace (`", stringify!($c_write), "()`).")]
             pub fn $write(&self, pos: u16, val: $ty) -> Result {
@@ -112,13 +118,10 @@ impl Device<device::Bound> {
         read_config_dword, u32, pci_read_config_dword;
     }
 
-    user_config_accessors! {
-        user_read_config_byte, user_write_config_byte, u8,
-            pci_user_read_config_byte, pci_user_write_config_byte;
-        user_read_config_word, user_write_config_word, u16,
-            pci_user_read_config_word, pci_user_write_config_word;
-        user_read_config_dword, user_write_config_dword, u32,
-            pci_user_read_config_dword, pci_user_write_config_dword;
+    user_config_writers! {
+        user_write_config_byte, u8, pci_user_write_config_byte;
+        user_write_config_word, u16, pci_user_write_config_word;
+        user_write_config_dword, u32, pci_user_write_config_dword;
     }
 
     /// Reads VPD at `pos` into `buf` (`pci_read_vpd()`); returns the bytes read.
@@ -170,6 +173,13 @@ impl Device<device::Bound> {
 }
 
 impl Device {
+    // Reads need no bound driver: the config space of any function may be read for a user.
+    user_config_readers! {
+        user_read_config_byte, u8, pci_user_read_config_byte;
+        user_read_config_word, u16, pci_user_read_config_word;
+        user_read_config_dword, u32, pci_user_read_config_dword;
+    }
+
     /// Returns the power state the PCI core last set or read (`current_state`).
     pub fn power_state(&self) -> PowerState {
         // SAFETY: `self.as_raw()` is a valid `pci_dev`.

@@ -50,6 +50,11 @@ impl Device {
     pub fn is_vga(&self) -> bool {
         self.pci_class() == Class::DISPLAY_VGA
     }
+
+    /// Whether the function is a display controller of any kind (`pci_is_display()`).
+    pub fn is_display(&self) -> bool {
+        self.pci_class().as_raw() >> 16 == bindings::PCI_BASE_CLASS_DISPLAY
+    }
 }
 
 impl Device<device::Bound> {
