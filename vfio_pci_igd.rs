@@ -38,6 +38,7 @@ const OPREGION_RVDA: usize = 0x3ba;
 const OPREGION_RVDS: usize = 0x3c2;
 
 /// The region type of the IGD regions: vendor specific, Intel's.
+// CAST: A `u16` widened, where `u32::from()` is not `const`.
 const IGD_REGION_TYPE: u32 =
     uapi::VFIO_REGION_TYPE_PCI_VENDOR_TYPE | pci::Vendor::INTEL.as_raw() as u32;
 
@@ -168,6 +169,7 @@ impl<S: OpRegionSource> OpRegionView<S> {
                 self.opregion.read(p, &mut out[..n])?;
                 n
             } else if p < OPREGION_RVDA + 8 {
+                // CAST: 8 KiB, widened.
                 let rvda: u64 = if self.vbt.is_some() {
                     OPREGION_SIZE as u64
                 } else {
@@ -232,7 +234,7 @@ impl RegionOps for BridgeConfig {
         let mut left = access.count;
         // As C: a byte to reach even, a word to reach a dword, dwords, then words and bytes.
         while left > 0 {
-            let n = if pos & 1 != 0 || left == 1 {
+            let n: u16 = if pos & 1 != 0 || left == 1 {
                 user.write_slice(&[pdev.user_read_config_byte(pos)?])?;
                 1
             } else if (pos & 3 != 0 && left > 2) || left < 4 {
@@ -242,8 +244,8 @@ impl RegionOps for BridgeConfig {
                 user.write_slice(&pdev.user_read_config_dword(pos)?.to_le_bytes())?;
                 4
             };
-            pos += n as u16;
-            left -= n;
+            pos += n;
+            left -= usize::from(n);
         }
         Ok(access.count)
     }
@@ -316,7 +318,7 @@ impl VfioPciCore {
             if bridge.vendor_id() != pci::Vendor::INTEL || bridge.pci_class() != class {
                 return Err(EINVAL);
             }
-            let size = bridge.cfg_size_bytes() as u64;
+            let size = u64::try_from(bridge.cfg_size_bytes())?;
             self.register_dev_region(
                 IGD_REGION_TYPE,
                 subtype,

@@ -21,7 +21,7 @@ use std::os::fd::AsRawFd;
 use std::process::ExitCode;
 
 use crate::access::{rd, wr};
-use crate::checks::{get_info, hex, open_via_group, Quiet, Steps};
+use crate::checks::{get_info, hex, open_via_group, Quiet, Steps, GROUP_CHECKS};
 use crate::report::{Reporter, Stop};
 use crate::sys::{self, err_name, InfoBuf};
 use crate::sysfs;
@@ -108,17 +108,8 @@ const QUERY_BUF: u32 = 256;
 const FILL: u32 = 0xa5a5_a5a5;
 const PAGE: usize = 4096;
 
-/// The opening steps of [`open_via_group`].
-const OPEN_STEPS: &[&str] = &[
-    "iommu-group",
-    "container-open",
-    "api-version",
-    "group-open",
-    "group-viable",
-    "set-container",
-    "set-iommu",
-    "get-device-fd",
-];
+/// The opening steps of [`open_via_group`]: the first checks of the group path.
+const OPEN_STEPS: &[&str] = GROUP_CHECKS.split_at(8).0;
 
 /// The checks of one IGD bridge region, each suffixed with `[index]`.
 const REGION_CHECKS: &[&str] = &[
@@ -239,27 +230,18 @@ fn u64_at(b: &[u8], off: usize) -> Option<u64> {
 }
 
 /// The fixed part of a `struct vfio_region_info` as the kernel left it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Reply {
-    pub argsz: u32,
-    pub flags: u32,
-    pub index: u32,
-    pub cap_offset: u32,
-    pub size: u64,
-    pub offset: u64,
-}
+pub type Reply = uapi::VfioRegionInfo;
 
-impl Reply {
-    pub fn parse(b: &[u8]) -> Option<Reply> {
-        Some(Reply {
-            argsz: u32_at(b, 0)?,
-            flags: u32_at(b, 4)?,
-            index: u32_at(b, 8)?,
-            cap_offset: u32_at(b, 12)?,
-            size: u64_at(b, 16)?,
-            offset: u64_at(b, 24)?,
-        })
-    }
+/// Reads the fixed part of a `struct vfio_region_info` from a query buffer.
+pub fn parse_reply(b: &[u8]) -> Option<Reply> {
+    Some(Reply {
+        argsz: u32_at(b, 0)?,
+        flags: u32_at(b, 4)?,
+        index: u32_at(b, 8)?,
+        cap_offset: u32_at(b, 12)?,
+        size: u64_at(b, 16)?,
+        offset: u64_at(b, 24)?,
+    })
 }
 
 impl fmt::Display for Reply {
@@ -378,7 +360,7 @@ pub fn igd_info_verdict(
     size: u64,
     subtype: u32,
 ) -> Result<(), String> {
-    let Some(r) = Reply::parse(buf) else {
+    let Some(r) = parse_reply(buf) else {
         return Err(format!("reply of {} bytes", buf.len()));
     };
     let chain_fits = argsz >= NEEDED;
@@ -684,7 +666,7 @@ fn bridge_checks(ck: &mut Checks, dev: &File, index: u32, b: &Bridge) {
         let v = match query(dev, index, argsz) {
             Ok(buf) => {
                 if argsz == NEEDED {
-                    if let Some(r) = Reply::parse(&buf) {
+                    if let Some(r) = parse_reply(&buf) {
                         let chain = parse_chain(&buf[..NEEDED as usize], r.cap_offset, FIXED);
                         let ty = chain
                             .ok()
@@ -822,7 +804,7 @@ fn absent_checks(ck: &mut Checks, dev: &File, index: u32) {
         want_einval(
             "GET_REGION_INFO argsz 32",
             query(dev, index, uapi::VFIO_REGION_INFO_MINSZ),
-            |b| Reply::parse(&b).map_or("?".into(), |r| r.to_string()),
+            |b| parse_reply(&b).map_or("?".into(), |r| r.to_string()),
         ),
     );
     ck.check(
@@ -862,7 +844,7 @@ fn reopen(bdf: &str, expect: Expect) -> Result<(), String> {
         let r = query(dev, index, NEEDED)
             .map_err(|e| err_name(&e))
             .and_then(|buf| {
-                let r = Reply::parse(&buf).ok_or("short reply")?;
+                let r = parse_reply(&buf).ok_or("short reply")?;
                 let caps = parse_chain(&buf[..NEEDED as usize], r.cap_offset, FIXED)?;
                 let t = caps
                     .first()
@@ -1058,7 +1040,7 @@ mod tests {
     #[test]
     fn chain_of_one_type_capability() {
         let b = c_reply(48, 9, 256, 2);
-        let r = Reply::parse(&b).unwrap();
+        let r = parse_reply(&b).unwrap();
         assert_eq!(r.cap_offset, 32);
         let caps = parse_chain(&b[..48], r.cap_offset, FIXED).unwrap();
         assert_eq!(

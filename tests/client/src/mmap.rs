@@ -1463,7 +1463,7 @@ fn sec_low_power(
     let v = expect_errno(&r, Some(libc::EINVAL));
     ck.both("lp-entry-twice-wakeup", outcome_str(&r), v);
     if has_reset == Some(true) {
-        let r = sys::ioctl_noarg(dev, uapi::VFIO_DEVICE_RESET).map(|v| v as i32);
+        let r = sys::ioctl_noarg(dev, uapi::VFIO_DEVICE_RESET);
         let v = expect_errno(&r, None);
         ck.both("lp-reset", outcome_str(&r), v);
         let s = settled_power_state(&lay.bdf);

@@ -145,7 +145,7 @@ pub const VFIO_PCI_IRQ_NAMES: [&str; 5] = ["INTX", "MSI", "MSIX", "ERR", "REQ"];
 
 /// `struct vfio_region_info`.
 #[repr(C, align(8))]
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct VfioRegionInfo {
     pub argsz: u32,
     pub flags: u32,
