@@ -364,6 +364,23 @@ else
 	"$CLIENT" unbind "$display" > /dev/null || bad "dev-regions: unbind $display"
 fi
 
+echo "== peer-to-peer DMA through a Type1 container (edu into ivshmem's BAR2)"
+# edu's DMA engine and ivshmem in one VFIO container, ivshmem's BAR2 mapped for DMA by
+# VFIO_IOMMU_MAP_DMA of its mmap() (QEMU's container backend does the same for P2P): Type1
+# follows the mapping's PFNs, so edu's copies reach the BAR. Each driver drives both devices.
+ivshmem=${TWINS[1]#*=}
+for drv in vfio-pci vfio-pci-rs; do
+	if [ "$drv" = vfio-pci ]; then e=${edu%,*} i=${ivshmem%,*}; else e=${edu#*,} i=${ivshmem#*,}; fi
+	if "$CLIENT" bind "$e" "$drv" > /dev/null && "$CLIENT" bind "$i" "$drv" > /dev/null; then
+		"$CLIENT" p2p-dma "$e" "$i" 2>&1 | tee "/tmp/p2p-dma-$drv.out"
+		add_summary "/tmp/p2p-dma-$drv.out" "p2p-dma $drv"
+	else
+		bad "p2p-dma $drv: bind $e and $i"
+	fi
+	"$CLIENT" unbind "$e" > /dev/null
+	"$CLIENT" unbind "$i" > /dev/null
+done
+
 echo "== module unload"
 for m in vfio_pci_rs vfio_pci; do
 	if rmmod "$m"; then ok "rmmod $m"; else bad "rmmod $m"; fi

@@ -27,6 +27,11 @@ usage:
       device-specific regions (index >= 9): none at all, or the two IGD bridge regions of
       C's vfio_pci_igd.c (index 9: config space of 0000:00:00.0, 10: of 0000:00:1f.0;
       read-only, TYPE capability); PASS/FAIL lines, `N passed, N failed`; exit 1 if any failed
+  vfio-test p2p-dma EDU_BDF IVSHMEM_BDF
+      open an edu and an ivshmem (bound to VFIO drivers) in one Type1 container, map a page
+      of memory and 2 MiB of ivshmem's BAR2 (its mmap()) for DMA, and have edu's DMA engine
+      copy memory -> BAR, BAR -> memory, and into the BAR with its memory decode off;
+      PASS/FAIL lines, `N passed, N failed`; exit 1 if any failed
 ";
 
 /// The two drivers under comparison.
@@ -128,6 +133,10 @@ pub enum Cmd {
     DevRegions {
         bdf: String,
         expect: Expect,
+    },
+    P2pDma {
+        edu: String,
+        ivshmem: String,
     },
     Help,
 }
@@ -264,6 +273,15 @@ pub fn parse(args: &[String]) -> Result<Cmd, String> {
                 _ => {
                     Err("dev-regions takes exactly two arguments: BDF none|igd-bridges".to_string())
                 }
+            };
+        }
+        "p2p-dma" => {
+            return match &args[1..] {
+                [edu, ivshmem] => Ok(Cmd::P2pDma {
+                    edu: parse_bdf(edu)?,
+                    ivshmem: parse_bdf(ivshmem)?,
+                }),
+                _ => Err("p2p-dma takes exactly two arguments: EDU_BDF IVSHMEM_BDF".to_string()),
             };
         }
         _ => {}

@@ -16,6 +16,7 @@ mod hold;
 mod irq;
 mod mixed;
 mod mmap;
+mod p2p;
 mod report;
 mod stress;
 mod sys;
@@ -53,6 +54,7 @@ fn main() -> ExitCode {
         Cmd::Info { bdf } => done(checks::info(&bdf)),
         Cmd::Hold { bdf, time, cdev } => done(hold::hold(&bdf, time, cdev)),
         Cmd::DevRegions { bdf, expect } => devregion::run(&bdf, expect),
+        Cmd::P2pDma { edu, ivshmem } => p2p::run(&edu, &ivshmem),
         Cmd::Run { drivers, twins } => {
             let mut rep = Reporter::stdout();
             for twin in &twins {

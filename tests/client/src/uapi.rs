@@ -122,6 +122,35 @@ pub const VFIO_DEVICE_FLAG_NAMES: [(u32, &str); 9] = [
 
 // Device fd ioctls.
 pub const VFIO_DEVICE_GET_INFO: u32 = vfio_io(7);
+
+/// `VFIO_IOMMU_MAP_DMA` (Type1 container).
+pub const VFIO_IOMMU_MAP_DMA: u32 = vfio_io(13);
+/// `VFIO_IOMMU_UNMAP_DMA` (Type1 container).
+pub const VFIO_IOMMU_UNMAP_DMA: u32 = vfio_io(14);
+pub const VFIO_DMA_MAP_FLAG_READ: u32 = 1 << 0;
+pub const VFIO_DMA_MAP_FLAG_WRITE: u32 = 1 << 1;
+
+/// `struct vfio_iommu_type1_dma_map`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct VfioIommuType1DmaMap {
+    pub argsz: u32,
+    pub flags: u32,
+    pub vaddr: u64,
+    pub iova: u64,
+    pub size: u64,
+}
+
+/// `struct vfio_iommu_type1_dma_unmap` without its flexible `__u8 data[]` (only read with
+/// `VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP`, not used here).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct VfioIommuType1DmaUnmap {
+    pub argsz: u32,
+    pub flags: u32,
+    pub iova: u64,
+    pub size: u64,
+}
 pub const VFIO_DEVICE_GET_REGION_INFO: u32 = vfio_io(8);
 pub const VFIO_DEVICE_GET_IRQ_INFO: u32 = vfio_io(9);
 /// `VFIO_DEVICE_RESET`: no argument.
@@ -500,6 +529,8 @@ sized_arg! {
     VfioDeviceAttachIommufdPt => argsz,
     IommuDestroy => size,
     IommuIoasAlloc => size,
+    VfioIommuType1DmaMap => argsz,
+    VfioIommuType1DmaUnmap => argsz,
 }
 
 /// An ioctl request that takes a pointer to a [`SizedArg`] structure, typed so the wrapper in
@@ -539,6 +570,8 @@ ioctl_request! {
     DeviceAttachIommufdPt: VFIO_DEVICE_ATTACH_IOMMUFD_PT => VfioDeviceAttachIommufdPt,
     IommuDestroyReq: IOMMU_DESTROY => IommuDestroy,
     IommuIoasAllocReq: IOMMU_IOAS_ALLOC => IommuIoasAlloc,
+    IommuMapDma: VFIO_IOMMU_MAP_DMA => VfioIommuType1DmaMap,
+    IommuUnmapDma: VFIO_IOMMU_UNMAP_DMA => VfioIommuType1DmaUnmap,
 }
 
 /// `size_of::<T>()` as the `u32` the kernel structures carry.
@@ -635,6 +668,10 @@ mod tests {
         assert_eq!(VFIO_GET_API_VERSION, 0x3b64);
         assert_eq!(VFIO_CHECK_EXTENSION, 0x3b65);
         assert_eq!(VFIO_SET_IOMMU, 0x3b66);
+        assert_eq!(VFIO_IOMMU_MAP_DMA, 0x3b71);
+        assert_eq!(VFIO_IOMMU_UNMAP_DMA, 0x3b72);
+        assert_eq!(core::mem::size_of::<VfioIommuType1DmaMap>(), 32);
+        assert_eq!(core::mem::size_of::<VfioIommuType1DmaUnmap>(), 24);
         assert_eq!(VFIO_GROUP_GET_STATUS, 0x3b67);
         assert_eq!(VFIO_GROUP_SET_CONTAINER, 0x3b68);
         assert_eq!(VFIO_GROUP_GET_DEVICE_FD, 0x3b6a);
