@@ -933,12 +933,7 @@ pub fn run(bdf: &str, expect: Expect) -> ExitCode {
         };
         ck.skip_rest(&why);
     }
-    println!("{}", rep.summary());
-    if rep.failed() == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
+    rep.finish()
 }
 
 #[cfg(test)]

@@ -64,12 +64,7 @@ fn main() -> ExitCode {
             for line in rep.tally_lines() {
                 println!("# checks per device type: {line}");
             }
-            println!("{}", rep.summary());
-            if rep.failed() == 0 {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            }
+            rep.finish()
         }
     }
 }

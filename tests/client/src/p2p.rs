@@ -113,8 +113,9 @@ impl Mapping {
     fn read(&self, at: usize, len: usize) -> Vec<u8> {
         assert!(at + len <= self.len);
         let mut out = vec![0u8; len];
-        // SAFETY: as in `write`; volatile since a device writes the memory behind our back.
         for (i, b) in out.iter_mut().enumerate() {
+            // SAFETY: as in `write`; volatile since a device writes the memory behind our
+            // back.
             *b = unsafe { self.addr.add(at + i).read_volatile() };
         }
         out
@@ -358,12 +359,7 @@ pub fn run(edu_bdf: &str, ivshmem_bdf: &str) -> ExitCode {
     let mut p = Phase::new(&mut rep, format!("p2p-dma {driver} {edu_bdf}"), CHECKS);
     let r = checks(&mut p, edu_bdf, ivshmem_bdf);
     p.finish(r);
-    println!("{}", rep.summary());
-    if rep.failed() == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
+    rep.finish()
 }
 
 #[cfg(test)]

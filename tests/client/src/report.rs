@@ -8,6 +8,8 @@
 //! where `<subject>` is `<twin> <driver>` (e.g. `edu vfio-pci-rs`), `<twin> parity`,
 //! `<twin> mixed`, or `kernel`. The run ends with `debug_locks=<value>` and `N passed, N failed`.
 
+use std::process::ExitCode;
+
 /// Counts checks and prints (or, in tests, collects) their lines.
 pub struct Reporter {
     passed: u32,
@@ -114,6 +116,16 @@ impl Reporter {
 
     pub fn summary(&self) -> String {
         format!("{} passed, {} failed", self.passed, self.failed)
+    }
+
+    /// Prints the summary line; the exit code of a run: failure if any check failed.
+    pub fn finish(&self) -> ExitCode {
+        println!("{}", self.summary());
+        if self.failed == 0 {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        }
     }
 
     #[cfg(test)]
