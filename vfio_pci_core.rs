@@ -1137,27 +1137,16 @@ impl vfio::Driver for VfioPciCore {
         }
 
         this.irq_open(intx);
-        if let Err(e) = this.config_init(pdev, intx) {
+        if let Err(e) = this
+            .config_init(pdev, intx)
+            .and_then(|()| this.igd_open(pdev))
+        {
+            this.release_dev_regions();
+            this.config_free();
             let _ = pdev.load_saved_state(saved_state);
             pdev.disable_device();
             this.idle(pdev);
             return Err(e);
-        }
-
-        // The IGD regions (`vfio_pci_open_device()`); a function without an OpRegion has none.
-        if vfio_pci_igd::has_igd_regions(pdev) {
-            if let Err(e) = this.igd_init(pdev).or_else(|e| match e {
-                ENODEV => Ok(()),
-                e => Err(e),
-            }) {
-                dev_warn!(pdev, "Failed to setup Intel IGD regions\n");
-                this.release_dev_regions();
-                this.config_free();
-                let _ = pdev.load_saved_state(saved_state);
-                pdev.disable_device();
-                this.idle(pdev);
-                return Err(e);
-            }
         }
 
         this.memory_lock.write().bars = Self::map_bars(pdev);

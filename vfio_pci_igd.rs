@@ -255,7 +255,7 @@ impl RegionOps for BridgeConfig {
 /// (`vfio_pci_is_intel_display()`). A kernel built for tests on machines without an IGD
 /// (`CONFIG_VFIO_PCI_RUST_IGD_TEST`) tries the bridge regions on non-VGA display functions
 /// too, as an IGD that is not the boot VGA device is one.
-pub(crate) fn has_igd_regions(pdev: &pci::Device) -> bool {
+fn has_igd_regions(pdev: &pci::Device) -> bool {
     cfg!(CONFIG_VFIO_PCI_RUST_IGD)
         && pdev.is_display()
         && (pdev.vendor_id() == pci::Vendor::INTEL
@@ -263,9 +263,24 @@ pub(crate) fn has_igd_regions(pdev: &pci::Device) -> bool {
 }
 
 impl VfioPciCore {
-    /// Registers the IGD regions of the function being opened (`vfio_pci_igd_init()`). Fails
-    /// with `ENODEV` for a function without an OpRegion.
-    pub(crate) fn igd_init(&self, pdev: &pci::Device<Bound>) -> Result {
+    /// Registers the IGD regions of a function being opened, if it has them
+    /// (`vfio_pci_open_device()`): a function without an OpRegion has none.
+    pub(crate) fn igd_open(&self, pdev: &pci::Device<Bound>) -> Result {
+        if !has_igd_regions(pdev) {
+            return Ok(());
+        }
+        match self.igd_init(pdev) {
+            Ok(()) | Err(ENODEV) => Ok(()),
+            Err(e) => {
+                dev_warn!(pdev, "Failed to setup Intel IGD regions\n");
+                Err(e)
+            }
+        }
+    }
+
+    /// Registers the IGD regions (`vfio_pci_igd_init()`). Fails with `ENODEV` for a function
+    /// without an OpRegion.
+    fn igd_init(&self, pdev: &pci::Device<Bound>) -> Result {
         match self.igd_opregion_init(pdev) {
             Err(ENODEV)
                 if cfg!(CONFIG_VFIO_PCI_RUST_IGD_TEST)
