@@ -22,7 +22,8 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use crate::access::{rd, wr};
+use crate::access::{cfg_get, cfg_set, rd, wr};
+use crate::cfgspace::{PCI_COMMAND, PCI_COMMAND_MASTER, PCI_COMMAND_MEMORY};
 use crate::checks::open_node;
 use crate::report::{Phase, Reporter, Stop};
 use crate::sys::{self, err_name, ValueIoctl};
@@ -60,10 +61,6 @@ const BAR_MAP_LEN: u64 = 0x20_0000;
 const BAR_PAGE: u64 = 0x1000;
 const BAR2: u32 = 2;
 const PAGE: usize = 4096;
-
-const PCI_COMMAND: u64 = 4;
-const COMMAND_MEMORY: u16 = 1 << 1;
-const COMMAND_MASTER: u16 = 1 << 2;
 
 /// A shared mapping, unmapped on drop.
 struct Mapping {
@@ -153,14 +150,14 @@ fn device_fd(group: &File, bdf: &str) -> Result<File, String> {
 
 /// Sets `bits` of the COMMAND register through the config region, or clears them.
 fn command(dev: &File, bits: u16, on: bool) -> Result<(), String> {
-    let cfg = uapi::VFIO_PCI_CONFIG_REGION_INDEX;
-    let cur =
-        rd(dev, cfg, PCI_COMMAND, 2).map_err(|e| format!("read COMMAND: {}", err_name(&e)))?;
-    let cur = u16::from_le_bytes([cur[0], cur[1]]);
-    let new = if on { cur | bits } else { cur & !bits };
-    wr(dev, cfg, PCI_COMMAND, &new.to_le_bytes())
-        .map_err(|e| format!("write COMMAND: {}", err_name(&e)))?;
-    Ok(())
+    let cur = cfg_get(dev, PCI_COMMAND, 2)?;
+    let bits = u32::from(bits);
+    cfg_set(
+        dev,
+        PCI_COMMAND,
+        2,
+        if on { cur | bits } else { cur & !bits },
+    )
 }
 
 fn edu_write(edu: &File, reg: u64, val: u64) -> Result<(), String> {
@@ -263,8 +260,8 @@ fn checks(p: &mut Phase, edu_bdf: &str, ivshmem_bdf: &str) -> Result<(), Stop> {
     )?;
     p.step(
         "enable",
-        command(&edu, COMMAND_MEMORY | COMMAND_MASTER, true)
-            .and_then(|()| command(&ivshmem, COMMAND_MEMORY, true)),
+        command(&edu, PCI_COMMAND_MEMORY | PCI_COMMAND_MASTER, true)
+            .and_then(|()| command(&ivshmem, PCI_COMMAND_MEMORY, true)),
     )?;
 
     let ram = p.step(
@@ -327,9 +324,9 @@ fn checks(p: &mut Phase, edu_bdf: &str, ivshmem_bdf: &str) -> Result<(), Stop> {
         (|| {
             ram.write(0, &c);
             edu_dma(&edu, IOVA_RAM, EDU_BUFFER, false)?;
-            command(&ivshmem, COMMAND_MEMORY, false)?;
+            command(&ivshmem, PCI_COMMAND_MEMORY, false)?;
             let dma = edu_dma(&edu, EDU_BUFFER, IOVA_BAR + BAR_PAGE, true);
-            command(&ivshmem, COMMAND_MEMORY, true)?;
+            command(&ivshmem, PCI_COMMAND_MEMORY, true)?;
             dma?;
             same(
                 "BAR2 after a DMA while memory was off",
