@@ -377,6 +377,13 @@ impl VfioPciCore {
 
         let parent: &kernel::device::Device<Core<'_>> = pdev.as_ref();
         let vdev = vfio::Device::<Self>::new(parent)?;
+        // The providers importers of the function's DMABUFs map its BARs through
+        // (`vfio_pci_core_init_dev()`); a function whose BARs others cannot map has none.
+        if let Err(e) = pdev.p2pdma_init() {
+            if e != EOPNOTSUPP {
+                return Err(e);
+            }
+        }
 
         if u32::from(pdev.header_type()) != uapi::PCI_HEADER_TYPE_NORMAL {
             return Err(EINVAL);

@@ -10,6 +10,12 @@
 //! revokes the buffers under the write guard and zaps their mappings, so accesses get SIGBUS
 //! until memory is enabled again; a buffer revoked for good (device closed, or
 //! `VFIO_DEVICE_FEATURE_DMA_BUF_REVOKE`) stays revoked.
+//!
+//! Importers (iommufd, or a driver that maps the buffer for its device) attach to a buffer of
+//! a BAR that has a peer-to-peer provider. Every revocation and restoration reaches them
+//! under the buffer's reservation lock, and a revocation waits until they unmapped.
+//!
+//! Lock order: `memory_lock`, then a buffer's reservation lock, then its `registration`.
 
 use crate::{
     vfio_pci_priv::{offset_to_index, MemoryState, OFFSET_SHIFT, ROM_INDEX},
@@ -22,14 +28,16 @@ use core::{
 use kernel::{
     device::Bound,
     dma_buf::VmFaultReason,
-    dma_buf::{self, DmaBuf, DmaBufSet, Exporter, MemAttr, Pfn, PhysRange, VmFault},
+    dma_buf::{
+        self, DmaBuf, DmaBufSet, Exporter, Mapped, Mapper, MemAttr, Pfn, PhysRange, VmFault,
+    },
     fs::File,
-    mm::virt::VmaNew,
+    mm::virt::{VmaNew, VmaRef},
     page::{PAGE_SHIFT, PAGE_SIZE},
     pci,
     prelude::*,
     str::CString,
-    sync::{aref::ARef, Arc, RwSemaphore},
+    sync::{aref::ARef, new_mutex, Arc, Mutex, RwSemaphore},
     uaccess::{UserPtr, UserSlice},
     uapi, vfio,
 };
@@ -129,12 +137,21 @@ enum Origin {
 /// A DMABUF of BAR ranges of a function (`struct vfio_pci_dma_buf`).
 ///
 /// `revoked` and `retired` are written with the function's `memory_lock` held for writing
-/// and read with it held, which the accessors take as proof.
+/// and read with it held, which the accessors take as proof; after export they are written
+/// under the buffer's reservation lock too, so importer callbacks, which hold that lock, read
+/// them as well.
+#[pin_data]
 pub(crate) struct BarDmaBuf {
     memory: Arc<MemoryLock>,
     pdev: ARef<pci::Device>,
+    /// The BAR of `ranges`.
+    bar: u32,
     ranges: KVec<PhysRange>,
     origin: Origin,
+    /// Keeps the function bound, and with it the BAR's peer-to-peer provider, until the
+    /// buffer is revoked for good (`vfio_device_try_get_registration()`).
+    #[pin]
+    registration: Mutex<Option<vfio::RegistrationRef<VfioPciCore>>>,
     /// Memory access is off: faults get SIGBUS until memory is enabled again.
     revoked: AtomicBool,
     /// Revoked for good: closed device or `VFIO_DEVICE_FEATURE_DMA_BUF_REVOKE`.
@@ -146,20 +163,26 @@ pub(crate) struct BarDmaBuf {
 impl BarDmaBuf {
     fn new(
         core: &VfioPciCore,
-        pdev: &pci::Device<Bound>,
+        vdev: &vfio::Device<VfioPciCore, Bound>,
+        bar: u32,
         ranges: KVec<PhysRange>,
         origin: Origin,
-    ) -> Self {
-        let pdev: &pci::Device = pdev;
-        Self {
-            memory: core.memory_lock.clone(),
-            pdev: pdev.into(),
+    ) -> Result<impl PinInit<Self, Error>> {
+        let pdev: &pci::Device = VfioPciCore::pdev(vdev)?;
+        let pdev: ARef<pci::Device> = pdev.into();
+        let memory = core.memory_lock.clone();
+        let registration = vdev.try_get_registration().ok_or(ENODEV)?;
+        Ok(try_pin_init!(Self {
+            memory,
+            pdev,
+            bar,
             ranges,
             origin,
+            registration <- new_mutex!(Some(registration), "BarDmaBuf::registration"),
             revoked: AtomicBool::new(true),
             retired: AtomicBool::new(false),
             write_combine: AtomicBool::new(false),
-        }
+        }))
     }
 
     fn revoked(&self, _memory: &MemoryState) -> bool {
@@ -177,6 +200,27 @@ impl BarDmaBuf {
     fn retire(&self, memory: &mut MemoryState) {
         self.set_revoked(memory, true);
         self.retired.store(true, Ordering::Relaxed);
+        // The function may unbind now; importers no longer reach its provider.
+        self.registration.lock().take();
+    }
+
+    /// Whether importers are refused, from their callbacks under the reservation lock.
+    fn revoked_for_importers(&self) -> bool {
+        self.revoked.load(Ordering::Relaxed)
+    }
+
+    /// Marks the buffer revoked (for good if `retire`) for importers and mappings, and zaps
+    /// the mappings.
+    fn revoke(buf: &DmaBuf<Self>, memory: &mut MemoryState, retire: bool) {
+        let this = buf.data();
+        buf.revoke_importers(|| {
+            if retire {
+                this.retire(memory);
+            } else {
+                this.set_revoked(memory, true);
+            }
+        });
+        buf.zap();
     }
 
     /// Page offset of the buffer's first page in the files of its VMAs.
@@ -212,6 +256,24 @@ impl BarDmaBuf {
     }
 }
 
+/// What importers may reach of a buffer (`vfio_pci_dma_buf_iommufd_map()`): its one range,
+/// `ENODEV` while it is revoked, `EOPNOTSUPP` for several ranges or a BAR without a
+/// peer-to-peer provider.
+pub(crate) fn importer_range(
+    revoked: bool,
+    has_provider: bool,
+    ranges: &[PhysRange],
+) -> Result<PhysRange> {
+    if revoked {
+        return Err(ENODEV);
+    }
+    match ranges {
+        [range] if has_provider => Ok(*range),
+        _ => Err(EOPNOTSUPP),
+    }
+}
+
+#[vtable]
 impl Exporter for BarDmaBuf {
     fn mmap(buf: &DmaBuf<Self>, vma: &VmaNew) -> Result {
         let this = buf.data();
@@ -243,6 +305,48 @@ impl Exporter for BarDmaBuf {
             ret.as_raw()
         );
         ret
+    }
+
+    fn attach(buf: &DmaBuf<Self>) -> Result {
+        if buf.data().revoked_for_importers() {
+            return Err(ENODEV);
+        }
+        Ok(())
+    }
+
+    fn map(buf: &DmaBuf<Self>, mapper: Mapper<'_>) -> Result<Mapped> {
+        let this = buf.data();
+        if this.revoked_for_importers() {
+            return Err(ENODEV);
+        }
+        let registration = this.registration.lock();
+        let vdev = registration.as_ref().ok_or(ENODEV)?.device();
+        let provider = VfioPciCore::pdev(vdev)?
+            .p2pdma_provider(this.bar)
+            .ok_or(EINVAL)?;
+        mapper.map(provider, &this.ranges)
+    }
+
+    fn phys(buf: &DmaBuf<Self>) -> Result<PhysRange> {
+        let this = buf.data();
+        let registration = this.registration.lock();
+        let has_provider = match registration.as_ref() {
+            Some(reg) => VfioPciCore::pdev(reg.device())?
+                .p2pdma_provider(this.bar)
+                .is_some(),
+            None => false,
+        };
+        importer_range(this.revoked_for_importers(), has_provider, &this.ranges)
+    }
+
+    fn vma_offset(buf: &DmaBuf<Self>, vma: &VmaRef) -> Result<u64> {
+        let pages = vma
+            .pgoff()
+            .checked_sub(buf.data().pgoff_base())
+            .ok_or(EINVAL)?;
+        u64::try_from(pages)?
+            .checked_mul(PAGE_SIZE as u64)
+            .ok_or(EINVAL)
     }
 }
 
@@ -281,7 +385,7 @@ impl VfioPciCore {
     fn export_dma_buf(
         &self,
         pdev: &pci::Device<Bound>,
-        data: BarDmaBuf,
+        data: impl PinInit<BarDmaBuf, Error>,
         size: u64,
         flags: u32,
         name: &CString,
@@ -345,7 +449,7 @@ impl VfioPciCore {
             pgoff,
             _device_file: device_file,
         };
-        let data = BarDmaBuf::new(self, pdev, ranges, origin);
+        let data = BarDmaBuf::new(self, vdev, index, ranges, origin)?;
         let name = Self::dma_buf_name(vdev, index)?;
         let buf = self.export_dma_buf(pdev, data, req_len, dma_buf::O_RDWR, &name)?;
         // The VMA takes a reference to the buffer's file and puts the device file, which the
@@ -362,9 +466,10 @@ impl VfioPciCore {
             if data.retired(memory) || data.revoked(memory) == revoked {
                 return;
             }
-            data.set_revoked(memory, revoked);
             if revoked {
-                buf.zap();
+                BarDmaBuf::revoke(buf, memory, false);
+            } else {
+                buf.restore_importers(|| data.set_revoked(memory, false));
             }
         });
     }
@@ -380,10 +485,8 @@ impl VfioPciCore {
     /// Revokes every buffer for good at close (`vfio_pci_dma_buf_cleanup()`).
     pub(crate) fn dma_buf_cleanup(&self) {
         let mut memory = self.memory_lock.write();
-        self.dmabufs.for_each(|buf| {
-            buf.data().retire(&mut memory);
-            buf.zap();
-        });
+        self.dmabufs
+            .for_each(|buf| BarDmaBuf::revoke(buf, &mut memory, true));
     }
 
     /// `VFIO_DEVICE_FEATURE_DMA_BUF` (`vfio_pci_core_feature_dma_buf()`): a buffer of ranges of
@@ -417,6 +520,10 @@ impl VfioPciCore {
             user_ranges.push(reader.read::<uapi::vfio_region_dma_range>()?, GFP_KERNEL)?;
         }
         let length = validate_ranges(&user_ranges)?;
+        // Importers map the BAR through its provider (`vfio_pci_core_get_dmabuf_phys()`).
+        if pdev.p2pdma_provider(index).is_none() {
+            return Err(EINVAL);
+        }
 
         let mut ranges = KVec::with_capacity(count, GFP_KERNEL | __GFP_NOWARN)?;
         for range in &user_ranges {
@@ -427,7 +534,7 @@ impl VfioPciCore {
         }
         drop(user_ranges);
 
-        let data = BarDmaBuf::new(self, pdev, ranges, Origin::Export);
+        let data = BarDmaBuf::new(self, vdev, index, ranges, Origin::Export)?;
         let name = Self::dma_buf_name(vdev, index)?;
         let buf = self.export_dma_buf(pdev, data, length, req.open_flags, &name)?;
         DmaBuf::into_fd(buf, req.open_flags)
@@ -450,8 +557,7 @@ impl VfioPciCore {
         if buf.data().retired(&memory) {
             return Err(EBADFD);
         }
-        buf.data().retire(&mut memory);
-        buf.zap();
+        BarDmaBuf::revoke(&buf, &mut memory, true);
         Ok(0)
     }
 
@@ -757,6 +863,22 @@ mod tests {
             row(TWO_RANGES, (VA, PUD, 0), 0, VA, 18, None, true),
         ];
         check_all(&cases)
+    }
+
+    #[test]
+    fn importer_ranges() -> Result {
+        let one = [range(BAR, PMD)];
+        let two = [range(BAR, PAGE), range(BAR + PMD, PAGE)];
+        // One range of a BAR with a provider is what importers get.
+        assert_eq!(importer_range(false, true, &one), Ok(one[0]));
+        // Revoked wins over everything else, as in C.
+        assert_eq!(importer_range(true, true, &one), Err(ENODEV));
+        assert_eq!(importer_range(true, false, &two), Err(ENODEV));
+        // Several ranges, or no provider, cannot be imported as one physical range.
+        assert_eq!(importer_range(false, true, &two), Err(EOPNOTSUPP));
+        assert_eq!(importer_range(false, false, &one), Err(EOPNOTSUPP));
+        assert_eq!(importer_range(false, true, &[]), Err(EOPNOTSUPP));
+        Ok(())
     }
 
     #[test]

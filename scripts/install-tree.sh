@@ -27,25 +27,54 @@ place() {
 	cmp -s "$1" "$2" || cp "$1" "$2"
 }
 
-# The edits to existing files. The applied copy is kept in the tree, so a newer
-# patch replaces an older one cleanly.
+# The edits to existing files. Each patched file is its pristine copy (saved in the tree
+# before the first patch touched it) with tree/linux.patch applied, placed only when its
+# content changes: an edit of the patch rebuilds only what it touched. Files an earlier
+# patch edited and this one does not go back to their pristine copies.
 patch_file=$REPO/tree/linux.patch
 applied=$KDIR/.vfio-pci-rs.patch
+orig=$KDIR/.vfio-pci-rs.orig
+patched_files() { grep '^+++ b/' "$1" | cut -c7- | sort -u; }
+if [ -f "$applied" ] && [ ! -d "$orig" ]; then
+	# Applied by an older install-tree.sh, which kept no pristine copies.
+	log "install: reverting the previously applied tree patch"
+	patch -d "$KDIR" -p1 -R -s -f --no-backup-if-mismatch < "$applied" ||
+		die "cannot revert $applied"
+	rm -f "$applied"
+fi
 if ! cmp -s "$patch_file" "$applied" 2>/dev/null; then
-	if [ -f "$applied" ]; then
-		log "install: reverting the previously applied tree patch"
-		patch -d "$KDIR" -p1 -R -s -f --no-backup-if-mismatch < "$applied" ||
-			die "cannot revert $applied"
-		rm -f "$applied"
-	fi
-	if patch -d "$KDIR" -p1 -R --dry-run -s -f < "$patch_file" >/dev/null 2>&1; then
-		log "install: tree patch already applied"
-	else
-		patch -d "$KDIR" -p1 --dry-run -s -f < "$patch_file" >/dev/null ||
-			die "tree/linux.patch does not apply to $KDIR"
-		log "install: applying tree/linux.patch"
-		patch -d "$KDIR" -p1 -s -f --no-backup-if-mismatch < "$patch_file"
-	fi
+	log "install: applying tree/linux.patch"
+	new_files=$(patched_files "$patch_file")
+	old_files=$([ -f "$applied" ] && patched_files "$applied" || true)
+	work=$(mktemp -d)
+	for f in $new_files; do
+		if [ ! -e "$orig/$f" ] && [ ! -e "$orig/$f.absent" ]; then
+			mkdir -p "$(dirname "$orig/$f")"
+			if [ -e "$KDIR/$f" ]; then
+				cp -p "$KDIR/$f" "$orig/$f"
+			else
+				touch "$orig/$f.absent"
+			fi
+		fi
+		if [ -e "$orig/$f" ]; then
+			mkdir -p "$(dirname "$work/$f")"
+			cp "$orig/$f" "$work/$f"
+		fi
+	done
+	patch -d "$work" -p1 -s -f --no-backup-if-mismatch < "$patch_file" ||
+		{ rm -rf "$work"; die "tree/linux.patch does not apply to $KDIR"; }
+	for f in $new_files; do
+		place "$work/$f" "$KDIR/$f"
+	done
+	rm -rf "$work"
+	for f in $old_files; do
+		case " $(echo $new_files) " in *" $f "*) continue ;; esac
+		if [ -e "$orig/$f" ]; then
+			place "$orig/$f" "$KDIR/$f"
+		else
+			rm -f "$KDIR/$f"
+		fi
+	done
 	cp "$patch_file" "$applied"
 fi
 

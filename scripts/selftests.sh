@@ -54,25 +54,37 @@ make -C "$SRC" -s -j"$(nproc)" OUTPUT="$OUT" \
 	KHDR_INCLUDES="-isystem $KDIR/usr/include" EXTRA_CFLAGS="-iquote $OVR" all
 echo "$SCALE" > "$OUT/timeout-scale"
 
-# vfio_pci_sriov_uapi_test asserts that the VF it creates is bound to "vfio-pci", the driver
-# it expects of the PF. The run on a PF bound to vfio-pci-rs uses a copy that expects
-# "vfio-pci-rs", built from the same source with that string changed and nothing else; the
-# guest script says so in its output.
-sriov=vfio_pci_sriov_uapi_test
+# Copies for the runs on vfio-pci-rs, built from the same sources with one assertion changed
+# and nothing else; the guest script says so in its output.
+# - vfio_pci_sriov_uapi_test asserts that the VF it creates is bound to "vfio-pci", the
+#   driver it expects of the PF: the copy expects "vfio-pci-rs".
+# - vfio_dma_mapping_mmio_test asserts that iommufd's type1 compatibility cannot map a BAR's
+#   mmap() ("Check for iommufd compat success once it lands"): with vfio-pci-rs it lands
+#   (a BAR mmap() is a DMABUF that iommufd imports), so the copy expects the map to succeed
+#   in every mode but native iommufd, which upstream means to keep refusing.
 mkdir -p "$OUT/rs"
-sed 's/strcmp(vf_driver, "vfio-pci")/strcmp(vf_driver, "vfio-pci-rs")/' "$SRC/$sriov.c" > "$OUT/rs/$sriov.c.new"
-grep -q 'strcmp(vf_driver, "vfio-pci-rs")' "$OUT/rs/$sriov.c.new" ||
-	die "selftests: $sriov.c no longer checks the VF's driver by name; update scripts/selftests.sh"
-cmp -s "$OUT/rs/$sriov.c.new" "$OUT/rs/$sriov.c" && rm "$OUT/rs/$sriov.c.new" ||
-	mv "$OUT/rs/$sriov.c.new" "$OUT/rs/$sriov.c"
-if [ ! "$OUT/${sriov}_rs" -nt "$OUT/rs/$sriov.c" ] || [ ! "$OUT/${sriov}_rs" -nt "$OUT/$sriov" ]; then
-	gcc -D_GNU_SOURCE= -isystem "$KDIR/usr/include" -I"$KDIR/tools/include" -I"$SRC/lib/include" \
-		-iquote "$SRC" -Wall -Werror -pthread "$OUT/rs/$sriov.c" \
-		$(find "$OUT/libvfio" -name '*.o' | sort) -luuid -o "$OUT/${sriov}_rs"
-fi
+rs_copy() { # NAME SED-PROGRAM CHECK-REGEX
+	local name=$1
+	sed -E "$2" "$SRC/$name.c" > "$OUT/rs/$name.c.new"
+	grep -qE "$3" "$OUT/rs/$name.c.new" ||
+		die "selftests: $name.c changed; update its vfio-pci-rs copy in scripts/selftests.sh"
+	cmp -s "$OUT/rs/$name.c.new" "$OUT/rs/$name.c" && rm "$OUT/rs/$name.c.new" ||
+		mv "$OUT/rs/$name.c.new" "$OUT/rs/$name.c"
+	if [ ! "$OUT/${name}_rs" -nt "$OUT/rs/$name.c" ] || [ ! "$OUT/${name}_rs" -nt "$OUT/$name" ]; then
+		gcc -D_GNU_SOURCE= -isystem "$KDIR/usr/include" -I"$KDIR/tools/include" \
+			-I"$SRC/lib/include" -iquote "$SRC" -Wall -Werror -pthread "$OUT/rs/$name.c" \
+			$(find "$OUT/libvfio" -name '*.o' | sort) -luuid -o "$OUT/${name}_rs"
+	fi
+}
+sriov=vfio_pci_sriov_uapi_test
+rs_copy $sriov 's/strcmp\(vf_driver, "vfio-pci"\)/strcmp(vf_driver, "vfio-pci-rs")/' \
+	'strcmp\(vf_driver, "vfio-pci-rs"\)'
+mmio=vfio_dma_mapping_mmio_test
+rs_copy $mmio '/!strcmp\(iommu->mode->name, MODE_VFIO_TYPE1V2_IOMMU\) \|\|$/{N;s/.*\n.*/\tif (strcmp(iommu->mode->name, MODE_IOMMUFD)) {/}' \
+	'	if \(strcmp\(iommu->mode->name, MODE_IOMMUFD\)\) \{$'
 
-progs=(vfio_pci_device_test vfio_dma_mapping_test vfio_dma_mapping_mmio_test
-	vfio_iommufd_setup_test vfio_pci_driver_test "$sriov" "${sriov}_rs")
+progs=(vfio_pci_device_test vfio_dma_mapping_test "$mmio" vfio_iommufd_setup_test
+	vfio_pci_driver_test "$sriov" "${sriov}_rs" "${mmio}_rs")
 for p in "${progs[@]}"; do
 	[ -x "$OUT/$p" ] || die "selftests: $OUT/$p was not built"
 done

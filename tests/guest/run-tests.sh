@@ -381,6 +381,39 @@ for drv in vfio-pci vfio-pci-rs; do
 	"$CLIENT" unbind "$i" > /dev/null
 done
 
+echo "== peer-to-peer DMA through iommufd's Type1 compatibility (vfio-pci-rs)"
+# The same transfers with /dev/iommu as the container: VFIO_IOMMU_MAP_DMA of the BAR's mmap()
+# imports the DMABUF behind it. vfio-pci's BAR mappings are no DMABUFs, and the compat map
+# of them fails as upstream's vfio_dma_mapping_mmio_test expects (run in the selftests).
+e=${edu#*,} i=${ivshmem#*,}
+if "$CLIENT" bind "$e" vfio-pci-rs > /dev/null && "$CLIENT" bind "$i" vfio-pci-rs > /dev/null; then
+	"$CLIENT" p2p-dma "$e" "$i" compat 2>&1 | tee /tmp/p2p-dma-compat.out
+	add_summary /tmp/p2p-dma-compat.out "p2p-dma-compat vfio-pci-rs"
+else
+	bad "p2p-dma-compat: bind $e and $i"
+fi
+"$CLIENT" unbind "$e" > /dev/null
+"$CLIENT" unbind "$i" > /dev/null
+
+echo "== peer-to-peer DMA through an iommufd IOAS (ivshmem's BAR2 DMABUF by IOMMU_IOAS_MAP_FILE)"
+# The same transfers with both devices on one iommufd, the BAR exported as a DMABUF that
+# iommufd imports (as VMMs map BARs for GPU peer-to-peer); a revocation unmaps it. Each
+# driver drives both devices; the page is also read from ivshmem's backing file on the host.
+n=1
+for drv in vfio-pci vfio-pci-rs; do
+	if [ "$drv" = vfio-pci ]; then e=${edu%,*} i=${ivshmem%,*}; else e=${edu#*,} i=${ivshmem#*,}; fi
+	backing=${VFIO_TEST_IVSHMEM_DIR:+$VFIO_TEST_IVSHMEM_DIR/ivshmem$n}
+	n=$((n + 1))
+	if "$CLIENT" bind "$e" "$drv" > /dev/null && "$CLIENT" bind "$i" "$drv" > /dev/null; then
+		"$CLIENT" p2p-iommufd "$e" "$i" $backing 2>&1 | tee "/tmp/p2p-iommufd-$drv.out"
+		add_summary "/tmp/p2p-iommufd-$drv.out" "p2p-iommufd $drv"
+	else
+		bad "p2p-iommufd $drv: bind $e and $i"
+	fi
+	"$CLIENT" unbind "$e" > /dev/null
+	"$CLIENT" unbind "$i" > /dev/null
+done
+
 echo "== module unload"
 for m in vfio_pci_rs vfio_pci; do
 	if rmmod "$m"; then ok "rmmod $m"; else bad "rmmod $m"; fi

@@ -94,10 +94,18 @@ run_one() {
 	) &
 	local beat=$!
 	local prog=$test
-	# It checks the VF's driver by name: the copy scripts/selftests.sh built expects vfio-pci-rs.
-	if [ "$test" = vfio_pci_sriov_uapi_test ] && [ "$drv" = vfio-pci-rs ]; then
-		prog=${test}_rs
-		echo "# running ${prog}: $test with the VF's expected driver changed to vfio-pci-rs"
+	# The copies scripts/selftests.sh built for vfio-pci-rs, with one assertion changed.
+	if [ "$drv" = vfio-pci-rs ]; then
+		case $test in
+		vfio_pci_sriov_uapi_test)
+			prog=${test}_rs
+			echo "# running ${prog}: $test with the VF's expected driver changed to vfio-pci-rs"
+			;;
+		vfio_dma_mapping_mmio_test)
+			prog=${test}_rs
+			echo "# running ${prog}: $test expecting iommufd's type1 compatibility to map the BAR's mmap() (a vfio-pci-rs DMABUF), native iommufd still to refuse"
+			;;
+		esac
 	fi
 	timeout -k 10 "$(prog_timeout "$test")" "$ST/$prog" "${harness_args[@]}" "$bdf" 2>&1 | stamp "$log"
 	rc=${PIPESTATUS[0]}

@@ -4,6 +4,7 @@ use std::fmt;
 use std::time::Duration;
 
 use crate::devregion::Expect;
+use crate::p2p::Container;
 
 pub const USAGE: &str = "\
 usage:
@@ -27,7 +28,8 @@ usage:
       device-specific regions (index >= 9): none at all, or the two IGD bridge regions of
       C's vfio_pci_igd.c (index 9: config space of 0000:00:00.0, 10: of 0000:00:1f.0;
       read-only, TYPE capability); PASS/FAIL lines, `N passed, N failed`; exit 1 if any failed
-  vfio-test p2p-dma EDU_BDF IVSHMEM_BDF
+  vfio-test p2p-dma EDU_BDF IVSHMEM_BDF [type1|compat]
+  vfio-test p2p-iommufd EDU_BDF IVSHMEM_BDF [IVSHMEM_BACKING_FILE]
       open an edu and an ivshmem (bound to VFIO drivers) in one Type1 container, map a page
       of memory and 2 MiB of ivshmem's BAR2 (its mmap()) for DMA, and have edu's DMA engine
       copy memory -> BAR, BAR -> memory, and into the BAR with its memory decode off;
@@ -137,6 +139,13 @@ pub enum Cmd {
     P2pDma {
         edu: String,
         ivshmem: String,
+        container: Container,
+    },
+    /// Peer-to-peer DMA through an iommufd IOAS that maps ivshmem's BAR2 DMABUF.
+    P2pIommufd {
+        edu: String,
+        ivshmem: String,
+        backing: Option<std::path::PathBuf>,
     },
     Help,
 }
@@ -277,11 +286,26 @@ pub fn parse(args: &[String]) -> Result<Cmd, String> {
         }
         "p2p-dma" => {
             return match &args[1..] {
-                [edu, ivshmem] => Ok(Cmd::P2pDma {
+                [edu, ivshmem, rest @ ..] if rest.len() <= 1 => Ok(Cmd::P2pDma {
                     edu: parse_bdf(edu)?,
                     ivshmem: parse_bdf(ivshmem)?,
+                    container: rest
+                        .first()
+                        .map_or(Ok(Container::Type1), |c| Container::parse(c))?,
                 }),
-                _ => Err("p2p-dma takes exactly two arguments: EDU_BDF IVSHMEM_BDF".to_string()),
+                _ => Err("p2p-dma takes EDU_BDF IVSHMEM_BDF [type1|compat]".to_string()),
+            };
+        }
+        "p2p-iommufd" => {
+            return match &args[1..] {
+                [edu, ivshmem, rest @ ..] if rest.len() <= 1 => Ok(Cmd::P2pIommufd {
+                    edu: parse_bdf(edu)?,
+                    ivshmem: parse_bdf(ivshmem)?,
+                    backing: rest.first().map(std::path::PathBuf::from),
+                }),
+                _ => {
+                    Err("p2p-iommufd takes EDU_BDF IVSHMEM_BDF [IVSHMEM_BACKING_FILE]".to_string())
+                }
             };
         }
         _ => {}

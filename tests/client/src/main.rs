@@ -54,7 +54,16 @@ fn main() -> ExitCode {
         Cmd::Info { bdf } => done(checks::info(&bdf)),
         Cmd::Hold { bdf, time, cdev } => done(hold::hold(&bdf, time, cdev)),
         Cmd::DevRegions { bdf, expect } => devregion::run(&bdf, expect),
-        Cmd::P2pDma { edu, ivshmem } => p2p::run(&edu, &ivshmem),
+        Cmd::P2pDma {
+            edu,
+            ivshmem,
+            container,
+        } => p2p::run(&edu, &ivshmem, container),
+        Cmd::P2pIommufd {
+            edu,
+            ivshmem,
+            backing,
+        } => p2p::run_iommufd(&edu, &ivshmem, backing.as_deref()),
         Cmd::Run { drivers, twins } => {
             let mut rep = Reporter::stdout();
             for twin in &twins {

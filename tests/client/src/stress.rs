@@ -101,7 +101,7 @@ fn feature(dev: &File, flags: u32, data: &[u8]) -> io::Result<i32> {
         *w = u64::from_ne_bytes(c.try_into().expect("8 bytes"));
     }
     // SAFETY: `words` is a live, exclusively borrowed, 8-aligned buffer of at least `argsz`
-    // bytes; the features used here (DMA_BUF with one range, DMA_BUF_REVOKE, PROBE) read at
+    // bytes; the features used here (DMA_BUF with its ranges, DMA_BUF_REVOKE, PROBE) read at
     // most argsz bytes and write nothing back. A returned fd is owned by the caller.
     let r = unsafe {
         libc::ioctl(
@@ -138,13 +138,20 @@ pub fn has_dmabuf_revoke(dev: &File) -> Result<(), String> {
 
 /// Export one range of region `index` as a DMABUF (feature 11, GET).
 pub fn dmabuf_export(dev: &File, index: u32, off: u64, len: u64) -> io::Result<OwnedFd> {
-    let mut d = Vec::with_capacity(32);
+    dmabuf_export_ranges(dev, index, &[(off, len)])
+}
+
+/// Export `(offset, length)` ranges of region `index` as one DMABUF (feature 11, GET).
+pub fn dmabuf_export_ranges(dev: &File, index: u32, ranges: &[(u64, u64)]) -> io::Result<OwnedFd> {
+    let mut d = Vec::with_capacity(16 + 16 * ranges.len());
     d.extend_from_slice(&index.to_ne_bytes());
     d.extend_from_slice(&((libc::O_RDWR | libc::O_CLOEXEC) as u32).to_ne_bytes());
     d.extend_from_slice(&0u32.to_ne_bytes()); // flags
-    d.extend_from_slice(&1u32.to_ne_bytes()); // nr_ranges
-    d.extend_from_slice(&off.to_ne_bytes());
-    d.extend_from_slice(&len.to_ne_bytes());
+    d.extend_from_slice(&(ranges.len() as u32).to_ne_bytes()); // nr_ranges
+    for (off, len) in ranges {
+        d.extend_from_slice(&off.to_ne_bytes());
+        d.extend_from_slice(&len.to_ne_bytes());
+    }
     let fd = feature(dev, FEATURE_GET | FEATURE_DMA_BUF, &d)?;
     // SAFETY: on success the ioctl returns a new descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })

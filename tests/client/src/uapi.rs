@@ -397,6 +397,53 @@ pub struct IommuIoasAlloc {
 }
 pub const IOMMU_IOAS_ALLOC: u32 = io(IOMMUFD_TYPE, IOMMUFD_CMD_IOAS_ALLOC);
 
+pub const IOMMUFD_CMD_IOAS_MAP: u32 = 0x85;
+pub const IOMMUFD_CMD_IOAS_UNMAP: u32 = 0x86;
+pub const IOMMUFD_CMD_IOAS_MAP_FILE: u32 = 0x8f;
+/// `enum iommufd_ioas_map_flags`.
+pub const IOMMU_IOAS_MAP_FIXED_IOVA: u32 = 1 << 0;
+pub const IOMMU_IOAS_MAP_WRITEABLE: u32 = 1 << 1;
+pub const IOMMU_IOAS_MAP_READABLE: u32 = 1 << 2;
+
+/// `struct iommu_ioas_map`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct IommuIoasMap {
+    pub size: u32,
+    pub flags: u32,
+    pub ioas_id: u32,
+    pub reserved: u32,
+    pub user_va: u64,
+    pub length: u64,
+    pub iova: u64,
+}
+pub const IOMMU_IOAS_MAP: u32 = io(IOMMUFD_TYPE, IOMMUFD_CMD_IOAS_MAP);
+
+/// `struct iommu_ioas_map_file`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct IommuIoasMapFile {
+    pub size: u32,
+    pub flags: u32,
+    pub ioas_id: u32,
+    pub fd: i32,
+    pub start: u64,
+    pub length: u64,
+    pub iova: u64,
+}
+pub const IOMMU_IOAS_MAP_FILE: u32 = io(IOMMUFD_TYPE, IOMMUFD_CMD_IOAS_MAP_FILE);
+
+/// `struct iommu_ioas_unmap`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct IommuIoasUnmap {
+    pub size: u32,
+    pub ioas_id: u32,
+    pub iova: u64,
+    pub length: u64,
+}
+pub const IOMMU_IOAS_UNMAP: u32 = io(IOMMUFD_TYPE, IOMMUFD_CMD_IOAS_UNMAP);
+
 // ---------------------------------------------------------------------------------------
 // VFIO_DEVICE_FEATURE and the DMABUF features
 // ---------------------------------------------------------------------------------------
@@ -529,6 +576,9 @@ sized_arg! {
     VfioDeviceAttachIommufdPt => argsz,
     IommuDestroy => size,
     IommuIoasAlloc => size,
+    IommuIoasMap => size,
+    IommuIoasMapFile => size,
+    IommuIoasUnmap => size,
     VfioIommuType1DmaMap => argsz,
     VfioIommuType1DmaUnmap => argsz,
 }
@@ -570,6 +620,9 @@ ioctl_request! {
     DeviceAttachIommufdPt: VFIO_DEVICE_ATTACH_IOMMUFD_PT => VfioDeviceAttachIommufdPt,
     IommuDestroyReq: IOMMU_DESTROY => IommuDestroy,
     IommuIoasAllocReq: IOMMU_IOAS_ALLOC => IommuIoasAlloc,
+    IommuIoasMapReq: IOMMU_IOAS_MAP => IommuIoasMap,
+    IommuIoasMapFileReq: IOMMU_IOAS_MAP_FILE => IommuIoasMapFile,
+    IommuIoasUnmapReq: IOMMU_IOAS_UNMAP => IommuIoasUnmap,
     IommuMapDma: VFIO_IOMMU_MAP_DMA => VfioIommuType1DmaMap,
     IommuUnmapDma: VFIO_IOMMU_UNMAP_DMA => VfioIommuType1DmaUnmap,
 }

@@ -11,19 +11,26 @@
 //! calls [`Exporter::fault`], which inserts a PTE, PMD or PUD with [`VmFault::insert_pfn`].
 //! [`DmaBuf::zap`] removes every mapping of the buffer, so the next access faults again.
 //!
+//! Importers reach the ranges of an exporter that implements [`Exporter::map`] (the DMA
+//! addresses of the ranges for their device, through the kernel's peer-to-peer mapping
+//! helpers) or [`Exporter::phys`] (the physical range itself, for iommufd). Only importers
+//! that allow peer-to-peer and can be revoked attach; [`DmaBuf::revoke_importers`] takes their
+//! access away and waits until they gave it up.
+//!
 //! C header: [`include/linux/dma-buf.h`](srctree/include/linux/dma-buf.h)
 
 use crate::{
     bindings,
-    error::from_err_ptr,
+    error::{from_err_ptr, VTABLE_DEFAULT_ERROR},
     ffi::{c_int, c_uint, c_ulong},
     fs::File,
     mm::virt::{VmaNew, VmaRef},
+    pci::P2pProvider,
     prelude::*,
     str::CStr,
     sync::{
         aref::{ARef, AlwaysRefCounted},
-        new_mutex, Arc, Mutex,
+        new_condvar, new_mutex, Arc, CondVar, Mutex,
     },
     types::Opaque,
     ModuleMetadata,
@@ -185,6 +192,10 @@ pub enum MemAttr {
 }
 
 /// What an exporter does with its buffers; the buffer's exporter data is a `Self`.
+///
+/// Importers attach only to an exporter that implements [`Exporter::map`] or
+/// [`Exporter::phys`], and only if they allow peer-to-peer and revocation.
+#[vtable]
 pub trait Exporter: Sized + Send + Sync + 'static {
     /// Sets up `vma` to map the buffer (`dma_buf_ops.mmap`, `mmap()` of the buffer's fd);
     /// the core has checked that the VMA's page offset and length lie within the buffer.
@@ -195,12 +206,117 @@ pub trait Exporter: Sized + Send + Sync + 'static {
     /// `PAGE_SIZE << order` bytes (`vm_operations_struct.huge_fault`, and `fault` with order
     /// 0), with [`VmFault::insert_pfn`] or an error reason.
     fn fault(buf: &DmaBuf<Self>, fault: &VmFault, order: u32) -> VmFaultReason;
+
+    /// Whether an importer may attach now (`dma_buf_ops.attach`), after the core checked that
+    /// it allows peer-to-peer: `ENODEV` for a revoked buffer.
+    fn attach(_buf: &DmaBuf<Self>) -> Result {
+        Ok(())
+    }
+
+    /// Maps the buffer for an importer's device with [`Mapper::map`] (`map_dma_buf`), under the
+    /// buffer's reservation lock.
+    fn map(_buf: &DmaBuf<Self>, _mapper: Mapper<'_>) -> Result<Mapped> {
+        build_error!(VTABLE_DEFAULT_ERROR)
+    }
+
+    /// The buffer's one physical range, for an importer that maps it itself
+    /// (`dma_buf_ops.get_phys`), under the buffer's reservation lock: `ENODEV` for a revoked
+    /// buffer, `EOPNOTSUPP` if it is not one range.
+    fn phys(_buf: &DmaBuf<Self>) -> Result<PhysRange> {
+        build_error!(VTABLE_DEFAULT_ERROR)
+    }
+
+    /// The offset in the buffer of the byte `vma`, a mapping of the buffer, maps at its start
+    /// (`dma_buf_ops.vma_offset`), under the mmap lock: lets an importer handed a user address
+    /// (iommufd's VFIO type1 compatibility) import the buffer range behind it.
+    fn vma_offset(_buf: &DmaBuf<Self>, _vma: &VmaRef) -> Result<u64> {
+        build_error!(VTABLE_DEFAULT_ERROR)
+    }
+}
+
+/// An importer's request to map a buffer, given to [`Exporter::map`].
+///
+/// # Invariants
+///
+/// `attach` is an attachment of the buffer being mapped, whose reservation lock is held while
+/// the mapper lives; `size` is the buffer's size.
+pub struct Mapper<'a> {
+    attach: NonNull<bindings::dma_buf_attachment>,
+    dir: bindings::dma_data_direction,
+    size: usize,
+    _p: PhantomData<&'a ()>,
+}
+
+impl Mapper<'_> {
+    /// Maps `ranges` of the memory BAR of `provider`, the buffer's contents in order, for the
+    /// importer's device (`dma_buf_phys_vec_to_sgt()`): through the bus or the host bridge as
+    /// the topology allows, `EINVAL` if the device cannot reach the provider.
+    pub fn map(self, provider: &P2pProvider, ranges: &[PhysRange]) -> Result<Mapped> {
+        let mut vec = KVec::with_capacity(ranges.len(), GFP_KERNEL)?;
+        for range in ranges {
+            vec.push(
+                bindings::phys_vec {
+                    paddr: range.start,
+                    len: usize::try_from(range.len).map_err(|_| EOVERFLOW)?,
+                },
+                GFP_KERNEL,
+            )?;
+        }
+        // SAFETY: By the type invariant `attach` is valid and its buffer's reservation lock is
+        // held; `provider` is valid while borrowed, and the helper only uses it during the call;
+        // `vec` holds `ranges.len()` ranges of device memory the exporter may offer.
+        let sgt = from_err_ptr(unsafe {
+            bindings::dma_buf_phys_vec_to_sgt(
+                self.attach.as_ptr(),
+                provider.as_raw(),
+                vec.as_mut_ptr(),
+                vec.len(),
+                self.size,
+                self.dir,
+            )
+        })?;
+        // INVARIANT: The helper mapped `sgt` for `attach` in direction `dir`.
+        Ok(Mapped {
+            // SAFETY: `from_err_ptr()` returned no error, so `sgt` is a valid table.
+            sgt: unsafe { NonNull::new_unchecked(sgt) },
+            attach: self.attach,
+            dir: self.dir,
+        })
+    }
+}
+
+/// A mapping made by [`Mapper::map`], which [`Exporter::map`] hands back to the core.
+///
+/// # Invariants
+///
+/// `sgt` was mapped for `attach` in direction `dir` by `dma_buf_phys_vec_to_sgt()` and is not
+/// freed yet.
+pub struct Mapped {
+    sgt: NonNull<bindings::sg_table>,
+    attach: NonNull<bindings::dma_buf_attachment>,
+    dir: bindings::dma_data_direction,
+}
+
+impl Drop for Mapped {
+    fn drop(&mut self) {
+        // SAFETY: By the type invariant the table is a live mapping for `attach`, which is
+        // freed only after its mappings are.
+        unsafe { bindings::dma_buf_free_sgt(self.attach.as_ptr(), self.sgt.as_ptr(), self.dir) };
+    }
 }
 
 /// The `priv` of an exported `struct dma_buf`.
+#[pin_data]
 struct Exported<T: Exporter> {
     set: Arc<DmaBufSet<T>>,
+    #[pin]
     data: T,
+    /// How many importer mappings ([`Mapped`]) are not unmapped yet.
+    #[pin]
+    mappings: Mutex<usize>,
+    /// Signalled when `mappings` drops to zero.
+    #[pin]
+    unmapped: CondVar,
 }
 
 /// A pointer to a member of a [`DmaBufSet`].
@@ -273,6 +389,19 @@ pub struct DmaBuf<T: Exporter> {
     _p: PhantomData<T>,
 }
 
+/// The reservation lock of a buffer (`dma_resv_lock()`), unlocked on drop.
+struct ResvGuard<'a> {
+    resv: *mut bindings::dma_resv,
+    _p: PhantomData<&'a ()>,
+}
+
+impl Drop for ResvGuard<'_> {
+    fn drop(&mut self) {
+        // SAFETY: The guard holds the lock of a reservation object that outlives it.
+        unsafe { bindings::dma_resv_unlock(self.resv) };
+    }
+}
+
 // SAFETY: The buffer is reference counted through its file and used from any thread; the
 // exporter data is `Send + Sync`.
 unsafe impl<T: Exporter> Send for DmaBuf<T> {}
@@ -299,6 +428,16 @@ impl<T: Exporter> DmaBuf<T> {
         unmap_dma_buf: Some(Self::unmap_callback),
         release: Some(Self::release_callback),
         mmap: Some(Self::mmap_callback),
+        get_phys: if T::HAS_PHYS {
+            Some(Self::get_phys_callback)
+        } else {
+            None
+        },
+        vma_offset: if T::HAS_VMA_OFFSET {
+            Some(Self::vma_offset_callback)
+        } else {
+            None
+        },
         ..pin_init::zeroed()
     };
 
@@ -312,21 +451,23 @@ impl<T: Exporter> DmaBuf<T> {
         self.inner.get()
     }
 
-    /// Exports a buffer of `size` bytes holding `data`, a member of `set`, by module `M`,
+    /// Exports a buffer of `size` bytes holding the exporter data `data` initialises, a member of `set`, by module `M`,
     /// named `name` (`/proc/<pid>/maps` shows `/dmabuf:<name>`). `flags` are the file's open
     /// flags (`O_CLOEXEC`, `O_RDWR`, ...).
     pub fn export<M: ModuleMetadata>(
         set: &Arc<DmaBufSet<T>>,
-        data: T,
+        data: impl PinInit<T, Error>,
         size: usize,
         flags: u32,
         name: &CStr,
     ) -> Result<ARef<Self>> {
-        let exported = KBox::new(
-            Exported {
+        let exported = KBox::pin_init(
+            try_pin_init!(Exported {
                 set: set.clone(),
-                data,
-            },
+                data <- data,
+                mappings <- new_mutex!(0, "DmaBuf::mappings"),
+                unmapped <- new_condvar!("DmaBuf::unmapped"),
+            }),
             GFP_KERNEL,
         )?;
         // SAFETY: `name` is a valid NUL-terminated string; the copy is freed by the core when
@@ -335,7 +476,9 @@ impl<T: Exporter> DmaBuf<T> {
         if name.is_null() {
             return Err(ENOMEM);
         }
-        let exported = KBox::into_raw(exported);
+        // SAFETY: The buffer owns the pinned data until its release callback, which drops it
+        // in place; it never moves.
+        let exported = KBox::into_raw(unsafe { Pin::into_inner_unchecked(exported) });
         let info = bindings::dma_buf_export_info {
             exp_name: M::NAME.as_char_ptr(),
             owner: M::THIS_MODULE.as_ptr(),
@@ -436,6 +579,61 @@ impl<T: Exporter> DmaBuf<T> {
         }
     }
 
+    /// Takes the importers' access away: under the buffer's reservation lock, `revoke` marks
+    /// the buffer revoked (so that [`Exporter::map`] and [`Exporter::phys`] fail from now on)
+    /// and the importers are told to drop their mappings (`dma_buf_invalidate_mappings()`);
+    /// then waits for their fences and until every mapping is unmapped. Sleeps.
+    pub fn revoke_importers(&self, revoke: impl FnOnce()) {
+        {
+            let _resv = self.lock_resv();
+            revoke();
+            self.invalidate_and_wait();
+        }
+        let data = self.exported();
+        let mut mappings = data.mappings.lock();
+        while *mappings != 0 {
+            data.unmapped.wait(&mut mappings);
+        }
+    }
+
+    /// Tells the importers that the buffer may be mapped again (`dma_buf_invalidate_mappings()`
+    /// and a wait for their fences), then calls `restore` under the reservation lock to mark
+    /// it usable. Importers that took the revocation as permanent stay away.
+    pub fn restore_importers(&self, restore: impl FnOnce()) {
+        {
+            let _resv = self.lock_resv();
+            self.invalidate_and_wait();
+        }
+        let _resv = self.lock_resv();
+        restore();
+    }
+
+    fn invalidate_and_wait(&self) {
+        // SAFETY: The caller holds the reservation lock, as both functions require; the buffer
+        // is alive while we hold a reference.
+        unsafe {
+            bindings::dma_buf_invalidate_mappings(self.as_raw());
+            bindings::dma_resv_wait_timeout(
+                (*self.as_raw()).resv,
+                bindings::dma_resv_usage_DMA_RESV_USAGE_BOOKKEEP,
+                false,
+                crate::task::MAX_SCHEDULE_TIMEOUT.unsigned_abs(),
+            );
+        }
+    }
+
+    fn lock_resv(&self) -> ResvGuard<'_> {
+        // SAFETY: The buffer's reservation object lives as long as the buffer. Without an
+        // acquire context the lock cannot fail.
+        let resv = unsafe { (*self.as_raw()).resv };
+        // SAFETY: `resv` is valid; without a context `dma_resv_lock()` returns 0.
+        unsafe { bindings::dma_resv_lock(resv, core::ptr::null_mut()) };
+        ResvGuard {
+            resv,
+            _p: PhantomData,
+        }
+    }
+
     /// Makes `vma` map this buffer through [`Exporter::fault`]: shared, `VM_IO | VM_PFNMAP`,
     /// not expandable nor dumped, with memory type `attr`, and the buffer's file as its file
     /// (the VMA then keeps the buffer alive; the file it had is put). Fails with `EINVAL` for
@@ -486,11 +684,26 @@ impl<T: Exporter> DmaBuf<T> {
     /// Called by the core as a `dma_buf_ops` or `vm_operations_struct` callback of a buffer
     /// exported with `T`'s ops, with the arguments its contract gives.
     unsafe extern "C" fn attach_callback(
-        _buf: *mut bindings::dma_buf,
-        _attachment: *mut bindings::dma_buf_attachment,
+        raw: *mut bindings::dma_buf,
+        attachment: *mut bindings::dma_buf_attachment,
     ) -> c_int {
-        // Importers would map the ranges for DMA; nothing is offered to them yet.
-        EOPNOTSUPP.to_errno()
+        if !T::HAS_MAP && !T::HAS_PHYS {
+            return EOPNOTSUPP.to_errno();
+        }
+        // SAFETY: The core passes an initialised attachment of this buffer.
+        if !unsafe { (*attachment).peer2peer } {
+            return EOPNOTSUPP.to_errno();
+        }
+        // SAFETY: The buffer is being attached to, so it is alive during the call.
+        if let Err(e) = T::attach(unsafe { Self::from_raw(raw) }) {
+            return e.to_errno();
+        }
+        // The importer must drop its mappings when told to, or a revocation could wait forever.
+        // SAFETY: As above.
+        if !unsafe { bindings::dma_buf_attach_revocable(attachment) } {
+            return EOPNOTSUPP.to_errno();
+        }
+        0
     }
 
     /// # Safety
@@ -498,11 +711,33 @@ impl<T: Exporter> DmaBuf<T> {
     /// Called by the core as a `dma_buf_ops` or `vm_operations_struct` callback of a buffer
     /// exported with `T`'s ops, with the arguments its contract gives.
     unsafe extern "C" fn map_callback(
-        _attachment: *mut bindings::dma_buf_attachment,
-        _dir: bindings::dma_data_direction,
+        attachment: *mut bindings::dma_buf_attachment,
+        dir: bindings::dma_data_direction,
     ) -> *mut bindings::sg_table {
-        // Unreachable: every attach fails.
-        EOPNOTSUPP.to_ptr()
+        if !T::HAS_MAP {
+            return EOPNOTSUPP.to_ptr();
+        }
+        // SAFETY: The core maps an attachment of a live buffer, holding its reservation lock.
+        let buf = unsafe { Self::from_raw((*attachment).dmabuf) };
+        // INVARIANT: The attachment is the buffer's and its reservation lock is held for the
+        // call, which the mapper does not outlive.
+        let mapper = Mapper {
+            // SAFETY: The core passes a valid attachment.
+            attach: unsafe { NonNull::new_unchecked(attachment) },
+            dir,
+            size: buf.size(),
+            _p: PhantomData,
+        };
+        match T::map(buf, mapper) {
+            Ok(mapped) => {
+                *buf.exported().mappings.lock() += 1;
+                let sgt = mapped.sgt.as_ptr();
+                // The core owns the table now, until `unmap_callback`.
+                core::mem::forget(mapped);
+                sgt
+            }
+            Err(e) => e.to_ptr(),
+        }
     }
 
     /// # Safety
@@ -510,10 +745,71 @@ impl<T: Exporter> DmaBuf<T> {
     /// Called by the core as a `dma_buf_ops` or `vm_operations_struct` callback of a buffer
     /// exported with `T`'s ops, with the arguments its contract gives.
     unsafe extern "C" fn unmap_callback(
-        _attachment: *mut bindings::dma_buf_attachment,
-        _sgt: *mut bindings::sg_table,
-        _dir: bindings::dma_data_direction,
+        attachment: *mut bindings::dma_buf_attachment,
+        sgt: *mut bindings::sg_table,
+        dir: bindings::dma_data_direction,
     ) {
+        // SAFETY: `sgt` is a table `map_callback` returned for this attachment and direction,
+        // given back once.
+        unsafe { bindings::dma_buf_free_sgt(attachment, sgt, dir) };
+        // SAFETY: The attachment's buffer is alive while it is attached.
+        let buf = unsafe { Self::from_raw((*attachment).dmabuf) };
+        let exported = buf.exported();
+        let mut mappings = exported.mappings.lock();
+        *mappings -= 1;
+        if *mappings == 0 {
+            exported.unmapped.notify_all();
+        }
+    }
+
+    /// # Safety
+    ///
+    /// Called by the core as a `dma_buf_ops` callback of a buffer exported with `T`'s ops,
+    /// with the arguments its contract gives.
+    unsafe extern "C" fn vma_offset_callback(
+        raw: *mut bindings::dma_buf,
+        vma: *mut bindings::vm_area_struct,
+        offset: *mut u64,
+    ) -> c_int {
+        // SAFETY: `vma` maps the buffer's file, which keeps the buffer alive; the caller holds
+        // the mmap lock, so the VMA stays valid during the call.
+        let (buf, vma) = unsafe { (Self::from_raw(raw), VmaRef::from_raw(vma)) };
+        match T::vma_offset(buf, vma) {
+            Ok(off) => {
+                // SAFETY: The caller passes a writable `u64`.
+                unsafe { *offset = off };
+                0
+            }
+            Err(e) => e.to_errno(),
+        }
+    }
+
+    /// # Safety
+    ///
+    /// Called by the core as a `dma_buf_ops` callback of a buffer exported with `T`'s ops,
+    /// with the arguments its contract gives.
+    unsafe extern "C" fn get_phys_callback(
+        attachment: *mut bindings::dma_buf_attachment,
+        phys: *mut bindings::phys_vec,
+    ) -> c_int {
+        // SAFETY: The importer holds the attachment of a live buffer and its reservation lock.
+        let buf = unsafe { Self::from_raw((*attachment).dmabuf) };
+        match T::phys(buf) {
+            Ok(range) => {
+                let Ok(len) = usize::try_from(range.len) else {
+                    return EOPNOTSUPP.to_errno();
+                };
+                // SAFETY: The importer passes a writable `phys_vec`.
+                unsafe {
+                    *phys = bindings::phys_vec {
+                        paddr: range.start,
+                        len,
+                    }
+                };
+                0
+            }
+            Err(e) => e.to_errno(),
+        }
     }
 
     /// # Safety
@@ -521,8 +817,9 @@ impl<T: Exporter> DmaBuf<T> {
     /// Called by the core as a `dma_buf_ops` or `vm_operations_struct` callback of a buffer
     /// exported with `T`'s ops, with the arguments its contract gives.
     unsafe extern "C" fn release_callback(raw: *mut bindings::dma_buf) {
-        // SAFETY: The core calls this once, when the last file reference is gone; `priv` is the
-        // `Exported<T>` given to `dma_buf_export()`, owned by the buffer until now.
+        // SAFETY: The core calls this once, when the last file reference is gone and every
+        // attachment is detached; `priv` is the `Exported<T>` given to `dma_buf_export()`, owned
+        // (pinned) by the buffer until now.
         let exported = unsafe { KBox::from_raw((*raw).priv_.cast::<Exported<T>>()) };
         // INVARIANT: The buffer leaves the set before it is freed.
         exported.set.remove(raw);

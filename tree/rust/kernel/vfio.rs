@@ -560,6 +560,50 @@ impl<T: Driver> PinnedDrop for Registration<T> {
     }
 }
 
+/// A reference to the registration of a [`Device`] (`vfio_device_try_get_registration()`).
+///
+/// Unregistration waits until every such reference is put, asking the holders to let go
+/// through [`Driver::request`]; until then the parent stays bound, so the reference gives a
+/// [`Device<T, Bound>`] to code that holds no lock of the parent, such as a DMA-BUF callback.
+///
+/// # Invariants
+///
+/// Holds one registration reference of `dev`, which is therefore registered.
+pub struct RegistrationRef<T: Driver> {
+    dev: ARef<Device<T>>,
+}
+
+impl<T: Driver> Device<T, device::Bound> {
+    /// Takes a reference to the device's registration, or `None` once unregistration began.
+    pub fn try_get_registration(&self) -> Option<RegistrationRef<T>> {
+        // SAFETY: `self` is a live `vfio_device`.
+        if !unsafe { bindings::vfio_device_try_get_registration(self.as_raw()) } {
+            return None;
+        }
+        // SAFETY: `Device<T, Bound>` and `Device<T>` have the same layout; the context only
+        // restricts what may be called.
+        let dev: &Device<T> = unsafe { &*core::ptr::from_ref(self).cast() };
+        // INVARIANT: The reference taken above.
+        Some(RegistrationRef { dev: dev.into() })
+    }
+}
+
+impl<T: Driver> RegistrationRef<T> {
+    /// The registered device.
+    pub fn device(&self) -> &Device<T, device::Bound> {
+        // SAFETY: By the type invariant the device is registered until `self` is dropped, and
+        // unregistration runs before the parent's driver unbinds, so the parent is bound.
+        unsafe { &*core::ptr::from_ref(&*self.dev).cast() }
+    }
+}
+
+impl<T: Driver> Drop for RegistrationRef<T> {
+    fn drop(&mut self) {
+        // SAFETY: By the type invariant we own one registration reference, given back here.
+        unsafe { bindings::vfio_device_put_registration(self.dev.as_raw()) };
+    }
+}
+
 /// An iommufd context (`struct iommufd_ctx`), compared by identity.
 #[derive(Copy, Clone, Debug, Eq, PartialEq)]
 pub struct IommufdCtx(NonNull<bindings::iommufd_ctx>);
