@@ -256,6 +256,15 @@ impl BarDmaBuf {
     }
 }
 
+/// The offset in a buffer of the first byte of a VMA with page offset `pgoff`, when page
+/// `pgoff_base` of the VMA's file is the buffer's first page.
+pub(crate) fn buffer_offset(pgoff: usize, pgoff_base: usize) -> Result<u64> {
+    let pages = pgoff.checked_sub(pgoff_base).ok_or(EINVAL)?;
+    u64::try_from(pages)?
+        .checked_mul(PAGE_SIZE as u64)
+        .ok_or(EINVAL)
+}
+
 /// What importers may reach of a buffer (`vfio_pci_dma_buf_iommufd_map()`): its one range,
 /// `ENODEV` while it is revoked, `EOPNOTSUPP` for several ranges or a BAR without a
 /// peer-to-peer provider.
@@ -314,7 +323,7 @@ impl Exporter for BarDmaBuf {
         Ok(())
     }
 
-    fn map(buf: &DmaBuf<Self>, mapper: Mapper<'_>) -> Result<Mapped> {
+    fn map<'a>(buf: &'a DmaBuf<Self>, mapper: Mapper<'a>) -> Result<Mapped<'a>> {
         let this = buf.data();
         if this.revoked_for_importers() {
             return Err(ENODEV);
@@ -340,13 +349,7 @@ impl Exporter for BarDmaBuf {
     }
 
     fn vma_offset(buf: &DmaBuf<Self>, vma: &VmaRef) -> Result<u64> {
-        let pages = vma
-            .pgoff()
-            .checked_sub(buf.data().pgoff_base())
-            .ok_or(EINVAL)?;
-        u64::try_from(pages)?
-            .checked_mul(PAGE_SIZE as u64)
-            .ok_or(EINVAL)
+        buffer_offset(vma.pgoff(), buf.data().pgoff_base())
     }
 }
 
@@ -878,6 +881,20 @@ mod tests {
         assert_eq!(importer_range(false, true, &two), Err(EOPNOTSUPP));
         assert_eq!(importer_range(false, false, &one), Err(EOPNOTSUPP));
         assert_eq!(importer_range(false, true, &[]), Err(EOPNOTSUPP));
+        Ok(())
+    }
+
+    #[test]
+    fn vma_buffer_offsets() -> Result {
+        // An exported buffer: the VMA's page offset is the buffer's.
+        assert_eq!(buffer_offset(0, 0), Ok(0));
+        assert_eq!(buffer_offset(3, 0), Ok(3 * PAGE as u64));
+        // A device fd mapping of BAR 2 from 2 MiB, and a split VMA 2 MiB further on.
+        let base = (2 << 28) + 512;
+        assert_eq!(buffer_offset(base, base), Ok(0));
+        assert_eq!(buffer_offset(base + 512, base), Ok(PMD as u64));
+        // A page offset below the buffer's first page is not the buffer's.
+        assert_eq!(buffer_offset(base - 1, base), Err(EINVAL));
         Ok(())
     }
 

@@ -18,7 +18,7 @@ add_summary() {
 }
 
 # The KUnit suites of the kernel crate's VFIO abstractions and of vfio_pci_rs.
-KUNIT_SUITES=(rust_rwsem rust_vfio vfio_pci_rs_ids vfio_pci_rs_rdwr vfio_pci_rs_config vfio_pci_rs_dmabuf vfio_pci_rs_igd)
+KUNIT_SUITES=(rust_rwsem rust_vfio rust_dma_buf vfio_pci_rs_ids vfio_pci_rs_rdwr vfio_pci_rs_config vfio_pci_rs_dmabuf vfio_pci_rs_igd)
 
 # check_kunit: every case of each of KUNIT_SUITES passed, from the boot's KTAP in dmesg; a
 # suite that did not run fails.

@@ -215,7 +215,7 @@ pub trait Exporter: Sized + Send + Sync + 'static {
 
     /// Maps the buffer for an importer's device with [`Mapper::map`] (`map_dma_buf`), under the
     /// buffer's reservation lock.
-    fn map(_buf: &DmaBuf<Self>, _mapper: Mapper<'_>) -> Result<Mapped> {
+    fn map<'a>(_buf: &'a DmaBuf<Self>, _mapper: Mapper<'a>) -> Result<Mapped<'a>> {
         build_error!(VTABLE_DEFAULT_ERROR)
     }
 
@@ -234,12 +234,13 @@ pub trait Exporter: Sized + Send + Sync + 'static {
     }
 }
 
-/// An importer's request to map a buffer, given to [`Exporter::map`].
+/// An importer's request to map a buffer, given to [`Exporter::map`] for the duration of the
+/// callback (`'a`).
 ///
 /// # Invariants
 ///
-/// `attach` is an attachment of the buffer being mapped, whose reservation lock is held while
-/// the mapper lives; `size` is the buffer's size.
+/// `attach` is an attachment of the buffer being mapped, whose reservation lock is held for
+/// `'a`; `size` is the buffer's size.
 pub struct Mapper<'a> {
     attach: NonNull<bindings::dma_buf_attachment>,
     dir: bindings::dma_data_direction,
@@ -247,11 +248,11 @@ pub struct Mapper<'a> {
     _p: PhantomData<&'a ()>,
 }
 
-impl Mapper<'_> {
+impl<'a> Mapper<'a> {
     /// Maps `ranges` of the memory BAR of `provider`, the buffer's contents in order, for the
     /// importer's device (`dma_buf_phys_vec_to_sgt()`): through the bus or the host bridge as
     /// the topology allows, `EINVAL` if the device cannot reach the provider.
-    pub fn map(self, provider: &P2pProvider, ranges: &[PhysRange]) -> Result<Mapped> {
+    pub fn map(self, provider: &P2pProvider, ranges: &[PhysRange]) -> Result<Mapped<'a>> {
         let mut vec = KVec::with_capacity(ranges.len(), GFP_KERNEL)?;
         for range in ranges {
             vec.push(
@@ -281,28 +282,51 @@ impl Mapper<'_> {
             sgt: unsafe { NonNull::new_unchecked(sgt) },
             attach: self.attach,
             dir: self.dir,
+            _p: PhantomData,
         })
     }
 }
 
-/// A mapping made by [`Mapper::map`], which [`Exporter::map`] hands back to the core.
+/// A mapping made by [`Mapper::map`], which [`Exporter::map`] hands back to the core; dropped
+/// instead, it is unmapped.
 ///
 /// # Invariants
 ///
 /// `sgt` was mapped for `attach` in direction `dir` by `dma_buf_phys_vec_to_sgt()` and is not
-/// freed yet.
-pub struct Mapped {
+/// freed yet; `attach` lives for `'a`.
+pub struct Mapped<'a> {
     sgt: NonNull<bindings::sg_table>,
     attach: NonNull<bindings::dma_buf_attachment>,
     dir: bindings::dma_data_direction,
+    _p: PhantomData<&'a ()>,
 }
 
-impl Drop for Mapped {
+impl Drop for Mapped<'_> {
     fn drop(&mut self) {
         // SAFETY: By the type invariant the table is a live mapping for `attach`, which is
         // freed only after its mappings are.
         unsafe { bindings::dma_buf_free_sgt(self.attach.as_ptr(), self.sgt.as_ptr(), self.dir) };
     }
+}
+
+/// Whether an importer may attach (C's `vfio_pci_dma_buf_attach()` order): the exporter offers
+/// importers something (`EOPNOTSUPP`), the importer allows peer-to-peer (`EOPNOTSUPP`), the
+/// exporter agrees (its error, `ENODEV` for a revoked buffer), and the importer can be revoked
+/// (`EOPNOTSUPP`: it must drop its mappings when told to, or a revocation could wait forever).
+fn attach_verdict(
+    offers: bool,
+    peer2peer: bool,
+    exporter: impl FnOnce() -> Result,
+    revocable: bool,
+) -> Result {
+    if !offers || !peer2peer {
+        return Err(EOPNOTSUPP);
+    }
+    exporter()?;
+    if !revocable {
+        return Err(EOPNOTSUPP);
+    }
+    Ok(())
 }
 
 /// The `priv` of an exported `struct dma_buf`.
@@ -451,7 +475,8 @@ impl<T: Exporter> DmaBuf<T> {
         self.inner.get()
     }
 
-    /// Exports a buffer of `size` bytes holding the exporter data `data` initialises, a member of `set`, by module `M`,
+    /// Exports a buffer of `size` bytes holding the exporter data `data` initialises, a member
+    /// of `set`, by module `M`,
     /// named `name` (`/proc/<pid>/maps` shows `/dmabuf:<name>`). `flags` are the file's open
     /// flags (`O_CLOEXEC`, `O_RDWR`, ...).
     pub fn export<M: ModuleMetadata>(
@@ -687,23 +712,25 @@ impl<T: Exporter> DmaBuf<T> {
         raw: *mut bindings::dma_buf,
         attachment: *mut bindings::dma_buf_attachment,
     ) -> c_int {
-        if !T::HAS_MAP && !T::HAS_PHYS {
-            return EOPNOTSUPP.to_errno();
+        // SAFETY: The core passes an initialised attachment of this buffer, which is alive
+        // during the call.
+        let (peer2peer, revocable, buf) = unsafe {
+            (
+                (*attachment).peer2peer,
+                bindings::dma_buf_attach_revocable(attachment),
+                Self::from_raw(raw),
+            )
+        };
+        let verdict = attach_verdict(
+            T::HAS_MAP || T::HAS_PHYS,
+            peer2peer,
+            || T::attach(buf),
+            revocable,
+        );
+        match verdict {
+            Ok(()) => 0,
+            Err(e) => e.to_errno(),
         }
-        // SAFETY: The core passes an initialised attachment of this buffer.
-        if !unsafe { (*attachment).peer2peer } {
-            return EOPNOTSUPP.to_errno();
-        }
-        // SAFETY: The buffer is being attached to, so it is alive during the call.
-        if let Err(e) = T::attach(unsafe { Self::from_raw(raw) }) {
-            return e.to_errno();
-        }
-        // The importer must drop its mappings when told to, or a revocation could wait forever.
-        // SAFETY: As above.
-        if !unsafe { bindings::dma_buf_attach_revocable(attachment) } {
-            return EOPNOTSUPP.to_errno();
-        }
-        0
     }
 
     /// # Safety
@@ -866,5 +893,25 @@ impl<T: Exporter> DmaBuf<T> {
     unsafe extern "C" fn fault_callback(vmf: *mut bindings::vm_fault) -> bindings::vm_fault_t {
         // SAFETY: Forwarded from the core's arguments.
         unsafe { Self::huge_fault_callback(vmf, 0) }
+    }
+}
+
+#[kunit_tests(rust_dma_buf)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attach_order() -> Result {
+        let agree = || Ok(());
+        let revoked = || Err(ENODEV);
+        assert_eq!(attach_verdict(true, true, agree, true), Ok(()));
+        // An exporter that offers nothing, or an importer without peer-to-peer, is refused
+        // before the exporter is asked.
+        assert_eq!(attach_verdict(false, true, revoked, true), Err(EOPNOTSUPP));
+        assert_eq!(attach_verdict(true, false, revoked, true), Err(EOPNOTSUPP));
+        // The exporter's refusal comes before the revocability check, as in C.
+        assert_eq!(attach_verdict(true, true, revoked, false), Err(ENODEV));
+        assert_eq!(attach_verdict(true, true, agree, false), Err(EOPNOTSUPP));
+        Ok(())
     }
 }
