@@ -2,8 +2,8 @@
 # make test: install what is missing, build what changed, run KUnit and the integration tests
 # in one VM boot, then the race stress in a second boot (STRESS_SECS per driver, default 60),
 # then the kernel's VFIO selftests in a third (SELFTEST_* knobs, see tests/guest/selftests.sh)
-# and QEMU as a VFIO client in a fourth (tests/guest/qemu-client.sh), and fail on any
-# failure. Prints how long each stage took and the total of all boots.
+# and QEMU as a VFIO client in a fourth (tests/guest/qemu-client.sh, with QEMU as a
+# peer-to-peer client: tests/guest/qemu-p2p.sh), and fail on any failure. Prints how long each stage took and the total of all boots.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 . "$here/common.sh"
@@ -26,6 +26,16 @@ stage client "$here/client.sh"
 QEMU_NESTED_LINUX=${QEMU_NESTED_LINUX:-0}
 case "$QEMU_NESTED_LINUX" in 0 | 1) ;; *) die "QEMU_NESTED_LINUX must be 0 or 1" ;; esac
 [ "$QEMU_NESTED_LINUX" = 0 ] || stage initramfs "$here/nested-initramfs.sh"
+# QEMU_P2P=1: the QEMU boot also runs QEMU 11.1 and 10.0 as peer-to-peer clients
+# (tests/guest/qemu-p2p.sh, about 2 minutes), with QEMU 11.1 unpacked into the cache.
+QEMU_P2P=${QEMU_P2P:-1}
+case "$QEMU_P2P" in 0 | 1) ;; *) die "QEMU_P2P must be 0 or 1" ;; esac
+p2p_cmd=
+if [ "$QEMU_P2P" = 1 ]; then
+	qemu11=$("$here/qemu11.sh")
+	payload=$("$here/nested-p2p.sh")
+	p2p_cmd="QEMU11=$(printf %q "$qemu11") NESTED_P2P=$(printf %q "$payload")"
+fi
 stage selftests-build "$here/selftests.sh"
 stage client-unit bash -c "set -o pipefail; cd '$REPO/tests/client' && cargo test --release --locked --quiet 2>&1 | tail -n 3"
 # Each boot's output is kept (a retried boot's replaces the stalled one's) to add up the
@@ -83,7 +93,7 @@ st_status=$?
 stages+=("vm (VFIO selftests): $((SECONDS - vm_start)) s")
 # QEMU as a VFIO client (nested QEMU, TCG) in a boot of its own.
 vm_start=$SECONDS
-boot qemu "QEMU_NESTED_LINUX=$QEMU_NESTED_LINUX bash tests/guest/qemu-client.sh"
+boot qemu "$p2p_cmd QEMU_NESTED_LINUX=$QEMU_NESTED_LINUX bash tests/guest/qemu-client.sh"
 qemu_status=$?
 [ "$status" != 0 ] || status=$qemu_status
 stages+=("vm (QEMU client): $((SECONDS - vm_start)) s")

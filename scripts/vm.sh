@@ -45,10 +45,13 @@ done
 # slot or bus reset of its own), plus two pci-testdevs sharing a conventional PCI bus behind
 # a pcie-pci-bridge (the mixed-driver bus). Root ports sit at 00:10.0-00:1a.0, so the guest
 # numbers their buses 01-0b and the bridge's bus 0c; a bochs-display follows at 00:1b.0.
+# edu's DMA takes 64-bit addresses (its default mask is 28 bits): a nested guest's BARs
+# (make qemu-p2p) sit above 4 GiB.
 dev=(-device "intel-iommu,intremap=on")
 port() { dev+=(-device "pcie-root-port,id=rp$1,bus=pcie.0,chassis=$1,addr=$2"); }
 n=1
-for spec in "edu" "edu" \
+edu=edu,dma_mask=0xffffffffffffffff
+for spec in "$edu" "$edu" \
 	"ivshmem-plain,memdev=ivshmem1" "ivshmem-plain,memdev=ivshmem2" \
 	"pci-testdev" "pci-testdev" \
 	"igb" "igb" \

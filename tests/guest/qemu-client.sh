@@ -9,8 +9,9 @@
 # (first the VFIO container /dev/vfio/vfio, then iommufd with the /dev/vfio/devices cdev),
 # `vfio-test info` opens it, unbind works, no kernel splat. The drivers must give QEMU the
 # same flattened memory tree and the nested SeaBIOS the same view of the device. Then, with
-# QEMU_NESTED_LINUX=1, a nested Linux boot (tests/guest/nested-linux.sh). Ends with
-# `N passed, N failed`.
+# QEMU_NESTED_LINUX=1, a nested Linux boot (tests/guest/nested-linux.sh). With QEMU11 and
+# NESTED_P2P set (scripts/test.sh sets them), QEMU 11.1 and 10.0 as peer-to-peer clients
+# first (tests/guest/qemu-p2p.sh). Ends with `N passed, N failed`.
 #
 #   QEMU_DRIVERS="vfio-pci vfio-pci-rs"   drivers to run, in order
 #   QEMU_DEVICES="igb vga"                twins (tests/guest/devices.sh) to pass through
@@ -202,20 +203,26 @@ for name in $QEMU_DEVICES; do
 	fi
 done
 
-for m in vfio_pci_rs vfio_pci; do
-	if rmmod "$m"; then ok "qemu rmmod $m"; else bad "qemu rmmod $m"; fi
-done
-
-if [ "$QEMU_NESTED_LINUX" = 1 ]; then
-	bash tests/guest/nested-linux.sh 2>&1 | tee /tmp/nested-linux.out
-	summary=$(grep -E '^[0-9]+ passed, [0-9]+ failed' /tmp/nested-linux.out | tail -n 1)
+# part NAME: run tests/guest/NAME.sh and add its `N passed, N failed` to this script's.
+part() {
+	local summary
+	bash "tests/guest/$1.sh" 2>&1 | tee "/tmp/$1.out"
+	summary=$(grep -E '^[0-9]+ passed, [0-9]+ failed' "/tmp/$1.out" | tail -n 1)
 	if [ -z "$summary" ]; then
-		bad "nested-linux.sh printed no summary"
+		bad "$1.sh printed no summary"
 	else
 		pass=$((pass + $(echo "$summary" | cut -d' ' -f1)))
 		fail=$((fail + $(echo "$summary" | cut -d' ' -f3)))
 	fi
-fi
+}
+
+[ -n "${QEMU11:-}" ] && [ -n "${NESTED_P2P:-}" ] && part qemu-p2p
+
+for m in vfio_pci_rs vfio_pci; do
+	if rmmod "$m"; then ok "qemu rmmod $m"; else bad "qemu rmmod $m"; fi
+done
+
+[ "$QEMU_NESTED_LINUX" = 1 ] && part nested-linux
 
 echo "# the QEMU client checks took $SECONDS s"
 echo "$pass passed, $fail failed"
