@@ -414,6 +414,26 @@ for drv in vfio-pci vfio-pci-rs; do
 	"$CLIENT" unbind "$i" > /dev/null
 done
 
+echo "== a kernel importer of an exported BAR DMABUF (dma-buf-importer-test)"
+# The exporter's attach, map_dma_buf, unmap and invalidation paths, through the test module
+# of tree/linux.patch: ivshmem maps its own buffer (bus addresses), the edu beside it has no
+# peer-to-peer path (EINVAL). The module is unloaded after, with nothing attached.
+if modprobe dma-buf-importer-test; then
+	for drv in vfio-pci vfio-pci-rs; do
+		if [ "$drv" = vfio-pci ]; then e=${edu%,*} i=${ivshmem%,*}; else e=${edu#*,} i=${ivshmem#*,}; fi
+		if "$CLIENT" bind "$i" "$drv" > /dev/null; then
+			"$CLIENT" importer "$i" "$e" 2>&1 | tee "/tmp/importer-$drv.out"
+			add_summary "/tmp/importer-$drv.out" "importer $drv"
+		else
+			bad "importer $drv: bind $i"
+		fi
+		"$CLIENT" unbind "$i" > /dev/null
+	done
+	if rmmod dma-buf-importer-test; then ok "rmmod dma-buf-importer-test"; else bad "rmmod dma-buf-importer-test"; fi
+else
+	bad "modprobe dma-buf-importer-test"
+fi
+
 echo "== module unload"
 for m in vfio_pci_rs vfio_pci; do
 	if rmmod "$m"; then ok "rmmod $m"; else bad "rmmod $m"; fi

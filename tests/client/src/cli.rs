@@ -34,6 +34,11 @@ usage:
       of memory and 2 MiB of ivshmem's BAR2 (its mmap()) for DMA, and have edu's DMA engine
       copy memory -> BAR, BAR -> memory, and into the BAR with its memory decode off;
       PASS/FAIL lines, `N passed, N failed`; exit 1 if any failed
+  vfio-test importer IVSHMEM_BDF OTHER_BDF
+      export 2 MiB of ivshmem's BAR2 as a DMABUF and import it in the kernel through the
+      test module dma-buf-importer-test: attach refusals, map for ivshmem itself, invalidation
+      on revoke and close, ENODEV while revoked, EINVAL for OTHER_BDF (no P2P path);
+      PASS/FAIL lines, `N passed, N failed`; exit 1 if any failed
 ";
 
 /// The two drivers under comparison.
@@ -146,6 +151,10 @@ pub enum Cmd {
         edu: String,
         ivshmem: String,
         backing: Option<std::path::PathBuf>,
+    },
+    Importer {
+        ivshmem: String,
+        other: String,
     },
     Help,
 }
@@ -306,6 +315,15 @@ pub fn parse(args: &[String]) -> Result<Cmd, String> {
                 _ => {
                     Err("p2p-iommufd takes EDU_BDF IVSHMEM_BDF [IVSHMEM_BACKING_FILE]".to_string())
                 }
+            };
+        }
+        "importer" => {
+            return match &args[1..] {
+                [ivshmem, other] => Ok(Cmd::Importer {
+                    ivshmem: parse_bdf(ivshmem)?,
+                    other: parse_bdf(other)?,
+                }),
+                _ => Err("importer takes IVSHMEM_BDF OTHER_BDF".to_string()),
             };
         }
         _ => {}

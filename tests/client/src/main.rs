@@ -13,6 +13,7 @@ mod cli;
 mod devregion;
 mod faultsafe;
 mod hold;
+mod importer;
 mod irq;
 mod mixed;
 mod mmap;
@@ -64,6 +65,7 @@ fn main() -> ExitCode {
             ivshmem,
             backing,
         } => p2p::run_iommufd(&edu, &ivshmem, backing.as_deref()),
+        Cmd::Importer { ivshmem, other } => importer::run(&ivshmem, &other),
         Cmd::Run { drivers, twins } => {
             let mut rep = Reporter::stdout();
             for twin in &twins {

@@ -205,7 +205,7 @@ fn pattern(seed: u8) -> Vec<u8> {
 }
 
 /// Opens `bdf`'s group into `container` and returns the group.
-fn add_group(container: &File, bdf: &str) -> Result<File, String> {
+pub(crate) fn add_group(container: &File, bdf: &str) -> Result<File, String> {
     let id = sysfs::iommu_group(bdf).map_err(|e| format!("{bdf} iommu_group: {}", err_name(&e)))?;
     let group = open_node(Path::new(&format!("/dev/vfio/{id}")))?;
     sys::group_set_container(&group, container)
@@ -213,14 +213,14 @@ fn add_group(container: &File, bdf: &str) -> Result<File, String> {
     Ok(group)
 }
 
-fn device_fd(group: &File, bdf: &str) -> Result<File, String> {
+pub(crate) fn device_fd(group: &File, bdf: &str) -> Result<File, String> {
     let name = CString::new(bdf).map_err(|_| format!("bad BDF {bdf:?}"))?;
     sys::group_get_device_fd(group, &name)
         .map_err(|e| format!("{bdf} VFIO_GROUP_GET_DEVICE_FD: {}", err_name(&e)))
 }
 
 /// Sets `bits` of the COMMAND register through the config region, or clears them.
-fn command(dev: &File, bits: u16, on: bool) -> Result<(), String> {
+pub(crate) fn command(dev: &File, bits: u16, on: bool) -> Result<(), String> {
     let cur = cfg_get(dev, PCI_COMMAND, 2)?;
     let bits = u32::from(bits);
     cfg_set(
@@ -516,7 +516,7 @@ fn ioas_unmap(iommufd: &File, ioas: u32, iova: u64, len: u64) -> Result<(), Stri
 }
 
 /// Expects `r` to fail with `errno`.
-fn expect_errno(what: &str, r: std::io::Result<()>, errno: i32) -> Result<(), String> {
+pub(crate) fn expect_errno(what: &str, r: std::io::Result<()>, errno: i32) -> Result<(), String> {
     let want = err_name(&std::io::Error::from_raw_os_error(errno));
     match r {
         Err(e) if e.raw_os_error() == Some(errno) => Ok(()),
@@ -737,7 +737,7 @@ pub fn run_iommufd(edu_bdf: &str, ivshmem_bdf: &str, backing: Option<&Path>) -> 
     rep.finish()
 }
 
-fn driver_name(bdf: &str) -> String {
+pub(crate) fn driver_name(bdf: &str) -> String {
     match sysfs::current_driver(bdf) {
         Ok(Some(d)) => d,
         Ok(None) => "unbound".to_string(),
