@@ -173,11 +173,17 @@ fn expect_state(what: &str, got: &State, want: &State) -> Result<(), String> {
 }
 
 fn checks(p: &mut Phase, ivshmem_bdf: &str, other_bdf: &str) -> Result<(), Stop> {
-    let imp = p.step("open", Importer::open())?;
-    imp.reset();
-    let (container, group, dev) = p.step("open", open_device(ivshmem_bdf))?;
-    p.step("open", command(&dev, PCI_COMMAND_MEMORY, true))?;
-    let bar2 = p.step("open", bar_start(ivshmem_bdf, BAR2 as usize))?;
+    let (imp, container, group, dev, bar2) = p.step(
+        "open",
+        (|| {
+            let imp = Importer::open()?;
+            imp.reset();
+            let (container, group, dev) = open_device(ivshmem_bdf)?;
+            command(&dev, PCI_COMMAND_MEMORY, true)?;
+            let bar2 = bar_start(ivshmem_bdf, BAR2 as usize)?;
+            Ok((imp, container, group, dev, bar2))
+        })(),
+    )?;
     let buf = p.step(
         "export",
         dmabuf_export(&dev, BAR2, EXPORT_OFFSET, EXPORT_LEN)
