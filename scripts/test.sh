@@ -3,7 +3,8 @@
 # in one VM boot, then the race stress in a second boot (STRESS_SECS per driver, default 60),
 # then the kernel's VFIO selftests in a third (SELFTEST_* knobs, see tests/guest/selftests.sh)
 # and QEMU as a VFIO client in a fourth (tests/guest/qemu-client.sh, with QEMU as a
-# peer-to-peer client: tests/guest/qemu-p2p.sh), and fail on any failure. Prints how long each stage took and the total of all boots.
+# peer-to-peer client: tests/guest/qemu-p2p.sh), and fail on any failure. Prints how long
+# each stage took and the total of all boots.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 . "$here/common.sh"
