@@ -12,6 +12,7 @@ mod checks;
 mod cli;
 mod devregion;
 mod faultsafe;
+mod hazards;
 mod hold;
 mod importer;
 mod irq;

@@ -121,7 +121,7 @@ fn map_fd(
     })
 }
 
-fn map_shared(fd: &impl AsRawFd, len: u64, off: u64) -> io::Result<Map> {
+pub(crate) fn map_shared(fd: &impl AsRawFd, len: u64, off: u64) -> io::Result<Map> {
     map_fd(
         fd.as_raw_fd(),
         None,
@@ -270,7 +270,7 @@ fn read_until_eof(fd: RawFd, deadline: Instant) -> (Vec<u8>, bool) {
 /// Run `f` in a forked child, which sends back the bytes it returns; Err tells how the child
 /// died ("SIGBUS", "exit N", "timeout ..."). The client is single-threaded, so the child may
 /// allocate.
-fn in_child(secs: u64, f: impl FnOnce() -> Vec<u8>) -> Result<Vec<u8>, String> {
+pub(crate) fn in_child(secs: u64, f: impl FnOnce() -> Vec<u8>) -> Result<Vec<u8>, String> {
     let (r, w) = pipe()?;
     // SAFETY: fork in a single-threaded process; the child only runs `f`, writes to the pipe
     // and leaves with _exit (no atexit handlers, no stdio flush).
@@ -533,10 +533,14 @@ pub fn sec_mmap(ck: &mut Ck, lay: &Layout, driver: Driver, run: u32) {
     }
     if (lay.vendor, lay.device) == (0x1af4, 0x1110) {
         sec_faults(ck, dev, lay, run);
+        crate::hazards::sec_hazards(ck, dev, has_reset);
     }
     sec_dmabuf(ck, dev, lay, &sp, driver, run);
     drop(gd);
     sec_close_live(ck, lay, &sp, run);
+    if (lay.vendor, lay.device) == (0x1af4, 0x1110) {
+        crate::hazards::sec_hazards_close(ck, lay);
+    }
     sec_close_low_power(ck, lay);
 
     // Any warning or lockdep report the mmap checks caused, shown whole (from its first

@@ -381,7 +381,10 @@ impl<T: Exporter> DmaBufSet<T> {
         let members = self.members.lock();
         for member in members.iter() {
             // SAFETY: By the type invariant the `dma_buf` is not freed while it is a member and
-            // the lock is held; `get_file_active()` fails once its file count reached zero.
+            // the lock is held. The buffer can outlive its file (an O_PATH open pins the
+            // dentry, whose release frees the buffer), but the file's release sets `file` to
+            // NULL before the file is freed, and `get_file_active()` fails on NULL and on a
+            // file whose count reached zero.
             let file = unsafe { bindings::get_file_active(&raw mut (*member.0.as_ptr()).file) };
             if file.is_null() {
                 continue;
@@ -844,8 +847,9 @@ impl<T: Exporter> DmaBuf<T> {
     /// Called by the core as a `dma_buf_ops` or `vm_operations_struct` callback of a buffer
     /// exported with `T`'s ops, with the arguments its contract gives.
     unsafe extern "C" fn release_callback(raw: *mut bindings::dma_buf) {
-        // SAFETY: The core calls this once, when the last file reference is gone and every
-        // attachment is detached; `priv` is the `Exported<T>` given to `dma_buf_export()`, owned
+        // SAFETY: The core calls this once, from the release of the buffer's dentry: after
+        // its file's (an O_PATH open of the file delays it) and once every attachment is
+        // detached; `priv` is the `Exported<T>` given to `dma_buf_export()`, owned
         // (pinned) by the buffer until now.
         let exported = unsafe { KBox::from_raw((*raw).priv_.cast::<Exported<T>>()) };
         // INVARIANT: The buffer leaves the set before it is freed.
