@@ -1698,16 +1698,14 @@ impl VfioPciCore {
         self.memory_lock.write().command_memory = false;
     }
 
-    /// Reads or writes a dword or less of config space, within one capability
-    /// (`vfio_pci_config_rw_single()`); returns the bytes done.
-    fn config_rw_single(
+    /// Calls `f` on the access of the first chunk of `count` bytes at `pos`, under `config`.
+    fn with_access<R>(
         &self,
         pdev: &pci::Device<Bound>,
-        buf: UserPtr,
         count: usize,
         pos: u64,
-        write: bool,
-    ) -> Result<usize> {
+        f: impl FnOnce(&mut Access<'_>) -> R,
+    ) -> Result<R> {
         let mut guard = self.config.lock();
         let ConfigState { virt, intx, .. } = &mut *guard;
         let virt = virt.as_mut().ok_or(ENODEV)?;
@@ -1722,7 +1720,7 @@ impl VfioPciCore {
         let count = virt.chunk(pos, count);
 
         let (perm, start) = lookup(virt, pos);
-        let mut access = Access {
+        Ok(f(&mut Access {
             core: self,
             pdev,
             v: virt,
@@ -1731,24 +1729,45 @@ impl VfioPciCore {
             pos,
             offset: pos - start,
             count,
-        };
+        }))
+    }
 
+    /// Reads or writes a dword or less of config space, within one capability
+    /// (`vfio_pci_config_rw_single()`); returns the bytes done.
+    fn config_rw_single(
+        &self,
+        pdev: &pci::Device<Bound>,
+        buf: UserPtr,
+        count: usize,
+        pos: u64,
+        write: bool,
+    ) -> Result<usize> {
+        // As in C, no lock is held across the user copy: a copy that faults, even into a
+        // BAR mapping or a stalled userfaultfd page, must not keep `config` from interrupt
+        // setup and other accesses. The chunking depends only on the config map, which
+        // does not change while the function is open.
         if write {
-            if perm.write_fn == WriteFn::None {
+            let (count, writable) = self.with_access(pdev, count, pos, |a| {
+                (a.count, a.perm.write_fn != WriteFn::None)
+            })?;
+            if !writable {
                 return Ok(count);
             }
             let mut bytes = [0u8; 4];
             UserSlice::new(buf, count)
                 .reader()
                 .read_slice(&mut bytes[..count])?;
-            access.write(u32::from_le_bytes(bytes))?;
+            self.with_access(pdev, count, pos, |a| a.write(u32::from_le_bytes(bytes)))??;
+            Ok(count)
         } else {
-            let val = access.read()?;
+            let (count, val) = self.with_access(pdev, count, pos, |a| -> Result<_> {
+                Ok((a.count, a.read()?))
+            })??;
             UserSlice::new(buf, count)
                 .writer()
                 .write_slice(&val.to_le_bytes()[..count])?;
+            Ok(count)
         }
-        Ok(count)
     }
 
     /// Reads or writes config space through the virtualization (`vfio_pci_config_rw()`).
