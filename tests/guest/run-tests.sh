@@ -99,6 +99,19 @@ edu=${TWINS[0]#*=}
 lifecycle vfio-pci vfio_pci "${edu%,*}"
 lifecycle vfio-pci-rs vfio_pci_rs "${edu#*,}"
 
+echo "== teardown with live state"
+# Each driver on its edu: unbind, then removal from the bus, of a function that a process
+# uses (BAR mapping, exported DMABUF, MSI, ioeventfd, REQ); then rescan and bind again.
+for drv in vfio-pci vfio-pci-rs; do
+	if [ "$drv" = vfio-pci ]; then b=${edu%,*}; else b=${edu#*,}; fi
+	for mode in unbind remove; do
+		"$CLIENT" bind "$b" "$drv" > /dev/null || { bad "teardown $drv $mode: bind $b"; continue; }
+		"$CLIENT" teardown "$mode" "$b" 2>&1 | tee "/tmp/teardown-$drv-$mode.out"
+		add_summary "/tmp/teardown-$drv-$mode.out" "teardown $drv $mode"
+		"$CLIENT" unbind "$b" > /dev/null
+	done
+done
+
 echo "== driver_managed_dma"
 # With the shared IOMMU group of the mixed bus owned by userspace through one driver's
 # device, the other function can still be bound to the other driver: only a driver that

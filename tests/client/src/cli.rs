@@ -39,6 +39,12 @@ usage:
       test module dma-buf-importer-test: attach refusals, map for ivshmem itself, invalidation
       on revoke and close, ENODEV while revoked, EINVAL for OTHER_BDF (no P2P path);
       PASS/FAIL lines, `N passed, N failed`; exit 1 if any failed
+  vfio-test teardown unbind|remove EDU_BDF
+      a forked holder opens edu (bound to a VFIO driver) with a BAR0 mapping, an exported
+      DMABUF, an MSI vector, an ioeventfd and REQ; then the function is unbound (the
+      holder closes its fds, then unmaps) or removed from the bus (the holder is killed, then
+      a rescan brings it back): REQ is signalled, the removal waits for the last user, the
+      function binds and works again; PASS/FAIL lines, `N passed, N failed`
 ";
 
 /// The two drivers under comparison.
@@ -155,6 +161,10 @@ pub enum Cmd {
     Importer {
         ivshmem: String,
         other: String,
+    },
+    Teardown {
+        mode: String,
+        bdf: String,
     },
     Help,
 }
@@ -317,6 +327,15 @@ pub fn parse(args: &[String]) -> Result<Cmd, String> {
                 }
             };
         }
+        "teardown" => {
+            return match &args[1..] {
+                [mode, bdf] if mode == "unbind" || mode == "remove" => Ok(Cmd::Teardown {
+                    mode: mode.clone(),
+                    bdf: parse_bdf(bdf)?,
+                }),
+                _ => Err("teardown takes unbind|remove EDU_BDF".to_string()),
+            };
+        }
         "importer" => {
             return match &args[1..] {
                 [ivshmem, other] => Ok(Cmd::Importer {
@@ -416,6 +435,19 @@ mod tests {
         ] {
             assert!(parse_bdf(bad).is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn teardown_modes() {
+        match parse(&args(&["teardown", "remove", "01:00.0"])).unwrap() {
+            Cmd::Teardown { mode, bdf } => {
+                assert_eq!(mode, "remove");
+                assert_eq!(bdf, "0000:01:00.0");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(parse(&args(&["teardown", "unplug", "01:00.0"])).is_err());
+        assert!(parse(&args(&["teardown", "unbind"])).is_err());
     }
 
     #[test]

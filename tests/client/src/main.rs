@@ -23,6 +23,7 @@ mod report;
 mod stress;
 mod sys;
 mod sysfs;
+mod teardown;
 mod uapi;
 
 use std::process::ExitCode;
@@ -67,6 +68,7 @@ fn main() -> ExitCode {
             backing,
         } => p2p::run_iommufd(&edu, &ivshmem, backing.as_deref()),
         Cmd::Importer { ivshmem, other } => importer::run(&ivshmem, &other),
+        Cmd::Teardown { mode, bdf } => teardown::run(&mode, &bdf),
         Cmd::Run { drivers, twins } => {
             let mut rep = Reporter::stdout();
             for twin in &twins {

@@ -272,6 +272,23 @@ pub const VFIO_IRQ_SET_ACTION_TRIGGER: u32 = 1 << 5;
 pub const VFIO_IRQ_SET_DATA_TYPE_MASK: u32 = 0x7;
 pub const VFIO_IRQ_SET_ACTION_TYPE_MASK: u32 = 0x38;
 
+/// `VFIO_DEVICE_IOEVENTFD`: write `data` at device fd `offset` when `fd` is signalled.
+pub const VFIO_DEVICE_IOEVENTFD: u32 = vfio_io(16);
+pub const VFIO_DEVICE_IOEVENTFD_32: u32 = 1 << 2;
+
+/// `struct vfio_device_ioeventfd`.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct VfioDeviceIoeventfd {
+    pub argsz: u32,
+    pub flags: u32,
+    pub offset: u64,
+    pub data: u64,
+    /// -1 to de-assign.
+    pub fd: i32,
+    pub reserved: u32,
+}
+
 /// The interrupt indexes of a vfio-pci device (`VFIO_PCI_*_IRQ_INDEX`).
 pub const VFIO_PCI_INTX_IRQ_INDEX: u32 = 0;
 pub const VFIO_PCI_MSI_IRQ_INDEX: u32 = 1;
@@ -581,6 +598,7 @@ sized_arg! {
     IommuIoasUnmap => size,
     VfioIommuType1DmaMap => argsz,
     VfioIommuType1DmaUnmap => argsz,
+    VfioDeviceIoeventfd => argsz,
 }
 
 /// An ioctl request that takes a pointer to a [`SizedArg`] structure, typed so the wrapper in
@@ -625,6 +643,7 @@ ioctl_request! {
     IommuIoasUnmapReq: IOMMU_IOAS_UNMAP => IommuIoasUnmap,
     IommuMapDma: VFIO_IOMMU_MAP_DMA => VfioIommuType1DmaMap,
     IommuUnmapDma: VFIO_IOMMU_UNMAP_DMA => VfioIommuType1DmaUnmap,
+    DeviceIoeventfd: VFIO_DEVICE_IOEVENTFD => VfioDeviceIoeventfd,
 }
 
 /// `size_of::<T>()` as the `u32` the kernel structures carry.
@@ -797,6 +816,9 @@ mod tests {
         assert_eq!(VFIO_PCI_REQ_IRQ_INDEX + 1, VFIO_PCI_NUM_IRQS);
 
         assert_eq!(size_of::<VfioPciDependentDevice>(), 8);
+        assert_eq!(size_of::<VfioDeviceIoeventfd>(), 32);
+        assert_eq!(offset_of!(VfioDeviceIoeventfd, fd), 24);
+        assert_eq!(VFIO_DEVICE_IOEVENTFD, 0x3b74);
         assert_eq!(align_of::<VfioPciDependentDevice>(), 4);
         assert_eq!(offset_of!(VfioPciDependentDevice, segment), 4);
         assert_eq!(offset_of!(VfioPciDependentDevice, bus), 6);

@@ -1,0 +1,468 @@
+//! `vfio-test teardown unbind|remove EDU_BDF`: the driver goes away from a function that a
+//! process still uses, with live state: the device fd open with a BAR mapping, an exported
+//! DMABUF, an MSI vector, an ioeventfd and the REQ eventfd. (edu: its registers have no side
+//! effects worth fearing; no device of the VM with MSI-X has such registers.)
+//!
+//! A forked holder sets the state up; the client then unbinds the function from its driver
+//! (`unbind`, through sysfs) or removes it from the bus (`remove`, as a hot-unplug does from
+//! the PCI core down). Checked, with C's behaviour as the expectation:
+//!
+//! - `setup`: the holder's state is in place, and the ioeventfd writes its data to BAR0;
+//! - `req-signalled`: the driver asks for the device back through REQ;
+//! - `removal-waits`: the unbind or removal waits while the device is in use;
+//! - `mapping-live`: the holder's BAR mapping still works while the removal waits;
+//! - `unbind`: after the holder closed its fds, its mapping still holds the device: the
+//!   unbind waits until the munmap, then returns; the holder exits 0;
+//! - `remove`: the holder is killed with everything live; the removal returns, and a rescan
+//!   brings the function back;
+//! - `rebind`: the function binds to the driver again and its BAR0 works.
+//!
+//! Each check is a `PASS|FAIL teardown <driver> <mode> <check>` line; the run ends with
+//! `N passed, N failed` (exit 1 if any failed).
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use crate::access::{rd, wr};
+use crate::cfgspace::PCI_COMMAND_MEMORY;
+use crate::checks::open_node;
+use crate::faultsafe;
+use crate::p2p::{add_group, command, device_fd, driver_name};
+use crate::report::{Phase, Reporter, Stop};
+use crate::stress::dmabuf_export;
+use crate::sys::{self, err_name, ValueIoctl};
+use crate::sysfs;
+use crate::uapi::{self, region_offset};
+
+const CHECKS_UNBIND: &[&str] = &[
+    "setup",
+    "req-signalled",
+    "removal-waits",
+    "mapping-live",
+    "closed-mapping-holds",
+    "munmap-releases",
+    "holder-exit",
+    "rebind",
+];
+const CHECKS_REMOVE: &[&str] = &[
+    "setup",
+    "req-signalled",
+    "removal-waits",
+    "mapping-live",
+    "kill-releases",
+    "rescan",
+    "rebind",
+];
+
+const BAR0: u32 = 0;
+const MAP_LEN: usize = 4096;
+/// edu's DMA source address: a plain 64-bit register (DMA starts only from the command).
+const WORD: u64 = 0x80;
+const WORD_VALUE: u64 = 0x1234_5678_9abc_def0;
+/// edu's liveness register: reads back the inverse of what was written.
+const IOEVENTFD_AT: u64 = 0x04;
+const IOEVENTFD_DATA: u64 = 0x1eef_da7a;
+
+fn new_eventfd() -> Result<OwnedFd, String> {
+    // SAFETY: plain syscall; a valid fd is owned by the caller.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(format!(
+            "eventfd: {}",
+            err_name(&io::Error::last_os_error())
+        ));
+    }
+    // SAFETY: `fd` is a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Waits up to `limit` for `fd` to be readable.
+fn readable(fd: RawFd, limit: Duration) -> bool {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = i32::try_from(limit.as_millis()).unwrap_or(i32::MAX);
+    // SAFETY: one live pollfd.
+    unsafe { libc::poll(&mut p, 1, ms) == 1 }
+}
+
+fn signal(fd: &OwnedFd) -> Result<(), String> {
+    let one = 1u64.to_ne_bytes();
+    // SAFETY: writes 8 bytes from a live buffer to an eventfd we own.
+    let n = unsafe { libc::write(fd.as_raw_fd(), one.as_ptr().cast(), 8) };
+    if n == 8 {
+        Ok(())
+    } else {
+        Err(format!(
+            "eventfd write: {}",
+            err_name(&io::Error::last_os_error())
+        ))
+    }
+}
+
+fn set_irq_eventfds(dev: &File, index: u32, fds: &[RawFd]) -> Result<(), String> {
+    let data: Vec<u8> = fds.iter().flat_map(|f| f.to_ne_bytes()).collect();
+    let hdr = uapi::VfioIrqSet {
+        argsz: uapi::VFIO_IRQ_SET_MINSZ + data.len() as u32,
+        flags: uapi::VFIO_IRQ_SET_DATA_EVENTFD | uapi::VFIO_IRQ_SET_ACTION_TRIGGER,
+        index,
+        start: 0,
+        count: fds.len() as u32,
+    };
+    sys::set_irqs(dev, hdr, &data)
+        .map(|_| ())
+        .map_err(|e| format!("SET_IRQS index {index}: {}", err_name(&e)))
+}
+
+/// The holder's live state; dropping it closes every fd, but not the mapping.
+struct Live {
+    _container: File,
+    _group: File,
+    _dev: File,
+    _dmabuf: OwnedFd,
+    _vector: OwnedFd,
+    _ioeventfd: OwnedFd,
+}
+
+/// Opens `bdf`, maps 2 MiB of BAR0 and sets the state up; the mapping's address is returned
+/// beside it.
+fn set_up(bdf: &str, req: RawFd) -> Result<(Live, u64), String> {
+    let container = open_node(Path::new("/dev/vfio/vfio"))?;
+    let group = add_group(&container, bdf)?;
+    sys::ioctl_value(&container, ValueIoctl::SetIommu, uapi::VFIO_TYPE1V2_IOMMU)
+        .map_err(|e| format!("VFIO_SET_IOMMU(type1v2): {}", err_name(&e)))?;
+    let dev = device_fd(&group, bdf)?;
+    command(&dev, PCI_COMMAND_MEMORY, true)?;
+    // SAFETY: a new shared mapping of the device fd; the holder keeps it until it unmaps it.
+    let map = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            MAP_LEN,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            dev.as_raw_fd(),
+            region_offset(BAR0, 0) as libc::off_t,
+        )
+    };
+    if map == libc::MAP_FAILED {
+        return Err(format!(
+            "mmap BAR0: {}",
+            err_name(&io::Error::last_os_error())
+        ));
+    }
+    let addr = map as u64;
+    if !faultsafe::write64(addr + WORD, WORD_VALUE) {
+        return Err("SIGBUS writing the fresh mapping".into());
+    }
+    let dmabuf = dmabuf_export(&dev, BAR0, 0, MAP_LEN as u64)
+        .map_err(|e| format!("VFIO_DEVICE_FEATURE_DMA_BUF: {}", err_name(&e)))?;
+    let vector = new_eventfd()?;
+    set_irq_eventfds(&dev, uapi::VFIO_PCI_MSI_IRQ_INDEX, &[vector.as_raw_fd()])?;
+    set_irq_eventfds(&dev, uapi::VFIO_PCI_REQ_IRQ_INDEX, &[req])?;
+    let ioeventfd = new_eventfd()?;
+    let mut arg = uapi::VfioDeviceIoeventfd {
+        argsz: uapi::size_u32::<uapi::VfioDeviceIoeventfd>(),
+        flags: uapi::VFIO_DEVICE_IOEVENTFD_32,
+        offset: region_offset(BAR0, IOEVENTFD_AT),
+        data: IOEVENTFD_DATA,
+        fd: ioeventfd.as_raw_fd(),
+        reserved: 0,
+    };
+    sys::ioctl_struct::<uapi::DeviceIoeventfd>(&dev, &mut arg)
+        .map_err(|e| format!("VFIO_DEVICE_IOEVENTFD: {}", err_name(&e)))?;
+    signal(&ioeventfd)?;
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let got =
+            rd(&dev, BAR0, IOEVENTFD_AT, 4).map_err(|e| format!("pread: {}", err_name(&e)))?;
+        if got == (!IOEVENTFD_DATA as u32).to_le_bytes() {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "the ioeventfd wrote nothing: BAR0 holds {got:02x?}"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let live = Live {
+        _container: container,
+        _group: group,
+        _dev: dev,
+        _dmabuf: dmabuf,
+        _vector: vector,
+        _ioeventfd: ioeventfd,
+    };
+    Ok((live, addr))
+}
+
+/// The holder's end of the conversation: a line per step, read by the client.
+struct Holder {
+    pid: libc::pid_t,
+    to: File,
+    from: File,
+}
+
+fn pipe() -> Result<(File, File), String> {
+    let mut fds = [0; 2];
+    // SAFETY: `fds` has room for the two fds pipe2 returns.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(format!("pipe: {}", err_name(&io::Error::last_os_error())));
+    }
+    // SAFETY: two new fds nothing else owns.
+    Ok(unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) })
+}
+
+fn read_line(f: &mut File) -> String {
+    let mut out = Vec::new();
+    let mut b = [0u8; 1];
+    while let Ok(1) = f.read(&mut b) {
+        if b[0] == b'\n' {
+            break;
+        }
+        out.push(b[0]);
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The holder process: sets up, reports, then does what each line from the client says.
+fn holder_main(bdf: &str, req: RawFd, mut cmds: File, mut out: File) -> ! {
+    let mut say = |s: &str| {
+        let _ = out.write_all(format!("{s}\n").as_bytes());
+    };
+    let (live, addr) = match set_up(bdf, req) {
+        Ok(x) => x,
+        Err(e) => {
+            say(&format!("error {e}"));
+            // SAFETY: leave the child without running the parent's exit path.
+            unsafe { libc::_exit(1) }
+        }
+    };
+    say("ready");
+    let mut live = Some(live);
+    loop {
+        match read_line(&mut cmds).as_str() {
+            "touch" => match faultsafe::read64(addr + WORD) {
+                Some(v) if v == WORD_VALUE => say("ok"),
+                Some(v) => say(&format!("read {v:#x}")),
+                None => say("SIGBUS"),
+            },
+            "close" => {
+                drop(live.take());
+                say("ok");
+            }
+            "munmap" => {
+                // SAFETY: the mapping made in set_up(); nothing refers to it any more.
+                unsafe { libc::munmap(addr as *mut libc::c_void, MAP_LEN) };
+                say("ok");
+            }
+            // SAFETY: leave the child without running the parent's exit path.
+            _ => unsafe { libc::_exit(0) },
+        }
+    }
+}
+
+impl Holder {
+    fn start(bdf: &str, req: RawFd) -> Result<(Self, String), String> {
+        let (cmd_r, cmd_w) = pipe()?;
+        let (out_r, out_w) = pipe()?;
+        // SAFETY: the client is single-threaded here; the child runs holder_main and leaves
+        // with _exit.
+        let pid = unsafe { libc::fork() };
+        if pid < 0 {
+            return Err(format!("fork: {}", err_name(&io::Error::last_os_error())));
+        }
+        if pid == 0 {
+            drop(cmd_w);
+            drop(out_r);
+            holder_main(bdf, req, cmd_r, out_w);
+        }
+        let mut h = Holder {
+            pid,
+            to: cmd_w,
+            from: out_r,
+        };
+        let first = read_line(&mut h.from);
+        Ok((h, first))
+    }
+
+    fn ask(&mut self, cmd: &str) -> String {
+        let _ = self.to.write_all(format!("{cmd}\n").as_bytes());
+        read_line(&mut self.from)
+    }
+
+    /// Waits for the holder's exit: "exit N" or "signal N".
+    fn wait(&mut self) -> String {
+        let mut status = 0;
+        // SAFETY: waits for our own child.
+        unsafe { libc::waitpid(self.pid, &mut status, 0) };
+        self.pid = 0;
+        if libc::WIFEXITED(status) {
+            format!("exit {}", libc::WEXITSTATUS(status))
+        } else {
+            format!("signal {}", libc::WTERMSIG(status))
+        }
+    }
+}
+
+impl Drop for Holder {
+    /// A holder a failed check left behind is killed, so the removal can finish.
+    fn drop(&mut self) {
+        if self.pid > 0 {
+            // SAFETY: kills our own child, not reaped yet.
+            unsafe { libc::kill(self.pid, libc::SIGKILL) };
+            self.wait();
+        }
+    }
+}
+
+/// Writes `value` to a sysfs file in a thread; the receiver gets the result when it returns.
+fn sysfs_write_async(path: String, value: String) -> mpsc::Receiver<Result<(), String>> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let r = std::fs::write(&path, value).map_err(|e| format!("{path}: {}", err_name(&e)));
+        let _ = tx.send(r);
+    });
+    rx
+}
+
+fn pending(rx: &mpsc::Receiver<Result<(), String>>, wait: Duration) -> Result<(), String> {
+    match rx.recv_timeout(wait) {
+        Err(mpsc::RecvTimeoutError::Timeout) => Ok(()),
+        Ok(r) => Err(format!("returned ({r:?}) while the device is in use")),
+        Err(e) => Err(format!("{e}")),
+    }
+}
+
+fn finished(rx: &mpsc::Receiver<Result<(), String>>, limit: Duration) -> Result<(), String> {
+    match rx.recv_timeout(limit) {
+        Ok(r) => r,
+        Err(_) => Err(format!("still waiting after {limit:?}")),
+    }
+}
+
+fn expect_ok(what: &str, got: String) -> Result<(), String> {
+    if got == "ok" {
+        Ok(())
+    } else {
+        Err(format!("{what}: {got}"))
+    }
+}
+
+/// Binds `bdf` to `driver` again and checks that BAR0 works.
+fn rebind(bdf: &str, driver: &str) -> Result<(), String> {
+    sysfs::bind(bdf, driver).map_err(|e| format!("bind: {e}"))?;
+    let container = open_node(Path::new("/dev/vfio/vfio"))?;
+    let group = add_group(&container, bdf)?;
+    sys::ioctl_value(&container, ValueIoctl::SetIommu, uapi::VFIO_TYPE1V2_IOMMU)
+        .map_err(|e| format!("VFIO_SET_IOMMU(type1v2): {}", err_name(&e)))?;
+    let dev = device_fd(&group, bdf)?;
+    command(&dev, PCI_COMMAND_MEMORY, true)?;
+    let v = 0x7ea2_d0e5u32;
+    wr(&dev, BAR0, IOEVENTFD_AT, &v.to_le_bytes())
+        .map_err(|e| format!("pwrite: {}", err_name(&e)))?;
+    match rd(&dev, BAR0, IOEVENTFD_AT, 4) {
+        Ok(b) if b == (!v).to_le_bytes() => Ok(()),
+        other => Err(format!("read back {other:?}")),
+    }
+}
+
+fn checks(p: &mut Phase, bdf: &str, driver: &str, remove: bool) -> Result<(), Stop> {
+    let (req, mut holder) = p.step(
+        "setup",
+        (|| {
+            let req = new_eventfd()?;
+            let (holder, first) = Holder::start(bdf, req.as_raw_fd())?;
+            if first != "ready" {
+                return Err(format!("holder: {first}"));
+            }
+            Ok((req, holder))
+        })(),
+    )?;
+    let sysfs_dir = sysfs::device_dir(bdf);
+    let rx = if remove {
+        sysfs_write_async(sysfs_dir.join("remove").display().to_string(), "1".into())
+    } else {
+        sysfs_write_async(
+            sysfs_dir.join("driver/unbind").display().to_string(),
+            bdf.into(),
+        )
+    };
+    p.result(
+        "req-signalled",
+        if readable(req.as_raw_fd(), Duration::from_secs(5)) {
+            Ok(())
+        } else {
+            Err("no REQ within 5 s".into())
+        },
+    );
+    p.result("removal-waits", pending(&rx, Duration::from_millis(500)));
+    p.result("mapping-live", expect_ok("touch", holder.ask("touch")));
+    if remove {
+        // SAFETY: kills our own child, not reaped yet.
+        unsafe { libc::kill(holder.pid, libc::SIGKILL) };
+        let st = holder.wait();
+        p.result(
+            "kill-releases",
+            finished(&rx, Duration::from_secs(10)).and_then(|()| {
+                if st == format!("signal {}", libc::SIGKILL) {
+                    Ok(())
+                } else {
+                    Err(format!("holder: {st}"))
+                }
+            }),
+        );
+        p.result(
+            "rescan",
+            (|| {
+                std::fs::write("/sys/bus/pci/rescan", "1")
+                    .map_err(|e| format!("rescan: {}", err_name(&e)))?;
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while !sysfs_dir.exists() {
+                    if Instant::now() > deadline {
+                        return Err("the function did not come back".into());
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Ok(())
+            })(),
+        );
+    } else {
+        p.result(
+            "closed-mapping-holds",
+            expect_ok("close", holder.ask("close"))
+                .and_then(|()| pending(&rx, Duration::from_millis(1000)))
+                .and_then(|()| expect_ok("touch after close", holder.ask("touch"))),
+        );
+        p.result(
+            "munmap-releases",
+            expect_ok("munmap", holder.ask("munmap"))
+                .and_then(|()| finished(&rx, Duration::from_secs(10))),
+        );
+        let _ = holder.to.write_all(b"exit\n");
+        let st = holder.wait();
+        p.result("holder-exit", if st == "exit 0" { Ok(()) } else { Err(st) });
+    }
+    p.result("rebind", rebind(bdf, driver));
+    Ok(())
+}
+
+/// Runs the teardown of `mode` (`unbind` or `remove`) on edu `bdf`, bound to a VFIO
+/// driver; leaves it bound to that driver again.
+pub fn run(mode: &str, bdf: &str) -> ExitCode {
+    let mut rep = Reporter::stdout();
+    let driver = driver_name(bdf);
+    let remove = mode == "remove";
+    let names = if remove { CHECKS_REMOVE } else { CHECKS_UNBIND };
+    let mut p = Phase::new(&mut rep, format!("teardown {driver} {mode}"), names);
+    let r = checks(&mut p, bdf, &driver, remove);
+    p.finish(r);
+    rep.finish()
+}
