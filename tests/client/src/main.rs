@@ -12,6 +12,7 @@ mod checks;
 mod cli;
 mod devregion;
 mod faultsafe;
+mod fuzz;
 mod hold;
 mod importer;
 mod irq;
@@ -66,6 +67,12 @@ fn main() -> ExitCode {
             backing,
         } => p2p::run_iommufd(&edu, &ivshmem, backing.as_deref()),
         Cmd::Importer { ivshmem, other } => importer::run(&ivshmem, &other),
+        Cmd::Fuzz {
+            seed,
+            ops,
+            replay,
+            twins,
+        } => fuzz::run(&twins, seed, ops, replay),
         Cmd::Run { drivers, twins } => {
             let mut rep = Reporter::stdout();
             for twin in &twins {
