@@ -146,6 +146,8 @@ pub struct Profile {
     pub cfg_size: u64,
     /// Offset of the PM capability.
     pub pm_cap: Option<u64>,
+    /// GET_IRQ_INFO count of INTx, MSI, MSI-X, ERR, REQ.
+    pub irq_counts: Vec<u32>,
 }
 
 impl Profile {
@@ -570,6 +572,68 @@ pub fn gen_op(seed: u64, i: u64, p: &Profile) -> Op {
             },
             argsz: gen_argsz(&mut r, 16, &[0, 8, 15, 20, 64]),
         },
+        "set-irqs" if r.chance(1, 2) => {
+            // A well-formed request: an index the device has, start and count within its
+            // count (count 0 with DATA_NONE: disable), eventfds of the fuzzer.
+            let index = r.below(5) as u32;
+            let n = u64::from(
+                p.irq_counts
+                    .get(index as usize)
+                    .copied()
+                    .unwrap_or(1)
+                    .max(1),
+            );
+            let start = r.below(n.min(4)) as u32;
+            let count = 1 + r.below((n - u64::from(start)).min(8)) as u32;
+            let action = r.pick(&[
+                uapi::VFIO_IRQ_SET_ACTION_TRIGGER,
+                uapi::VFIO_IRQ_SET_ACTION_TRIGGER,
+                uapi::VFIO_IRQ_SET_ACTION_TRIGGER,
+                uapi::VFIO_IRQ_SET_ACTION_MASK,
+                uapi::VFIO_IRQ_SET_ACTION_UNMASK,
+            ]);
+            let (flags, count, data) = match r.weighted(&[60, 15, 15, 10]) {
+                0 => (
+                    uapi::VFIO_IRQ_SET_DATA_EVENTFD | action,
+                    count,
+                    IrqData::Fds(
+                        (0..count)
+                            .map(|_| {
+                                if r.chance(9, 10) {
+                                    FdRef::Efd(r.below(u64::from(EFDS)) as u8)
+                                } else {
+                                    FdRef::Neg(-1)
+                                }
+                            })
+                            .collect(),
+                    ),
+                ),
+                1 => (
+                    uapi::VFIO_IRQ_SET_DATA_BOOL | action,
+                    count,
+                    IrqData::Bools((0..count).map(|_| r.pick(&[0u8, 1])).collect()),
+                ),
+                2 => (uapi::VFIO_IRQ_SET_DATA_NONE | action, count, IrqData::None),
+                _ => (
+                    uapi::VFIO_IRQ_SET_DATA_NONE | uapi::VFIO_IRQ_SET_ACTION_TRIGGER,
+                    0,
+                    IrqData::None,
+                ),
+            };
+            let dlen = match &data {
+                IrqData::None => 0,
+                IrqData::Bools(b) => b.len() as u32,
+                IrqData::Fds(f) => 4 * f.len() as u32,
+            };
+            Op::SetIrqs {
+                argsz: 20 + dlen,
+                flags,
+                index,
+                start,
+                count,
+                data,
+            }
+        }
         "set-irqs" => {
             let index = match r.weighted(&[85, 10, 5]) {
                 0 => r.below(5) as u32,
@@ -658,6 +722,10 @@ pub fn gen_op(seed: u64, i: u64, p: &Profile) -> Op {
         "command" => {
             // IO, MEM, bus master, INTx disable; sometimes any other bit too.
             let mut val = (r.next() as u16) & 0x0407;
+            // Memory decode on most of the time, so BAR accesses and mappings get through.
+            if r.chance(3, 4) {
+                val |= 2;
+            }
             if r.chance(1, 8) {
                 val |= r.next() as u16;
             }
@@ -710,6 +778,15 @@ pub fn gen_op(seed: u64, i: u64, p: &Profile) -> Op {
             } else {
                 None
             },
+        },
+        // LOW_POWER_EXIT: leaves the low power state an ENTRY put the device in, where every
+        // ioctl resumes it (a D3hot -> D0 transition, 10 ms on a device with PM) and lets it
+        // suspend again.
+        "feature" if r.chance(1, 8) => Op::Feature {
+            argsz: 8,
+            flags: uapi::VFIO_DEVICE_FEATURE_SET | uapi::VFIO_DEVICE_FEATURE_LOW_POWER_EXIT,
+            data: Vec::new(),
+            fd_at: None,
         },
         "feature" => {
             let feature = if r.chance(85, 100) {
@@ -1474,6 +1551,20 @@ pub fn read_profile(side: &Side) -> Result<(Profile, Vec<u8>), String> {
             Err(_) => regions.push(Region::default()),
         }
     }
+    let mut irq_counts = Vec::new();
+    for index in 0..5 {
+        let mut ii = uapi::VfioIrqInfo {
+            argsz: uapi::size_u32::<uapi::VfioIrqInfo>(),
+            index,
+            ..Default::default()
+        };
+        irq_counts.push(
+            match sys::ioctl_struct::<uapi::DeviceGetIrqInfo>(dev, &mut ii) {
+                Ok(_) => ii.count,
+                Err(_) => 0,
+            },
+        );
+    }
     let cfg_size = regions[uapi::VFIO_PCI_CONFIG_REGION_INDEX as usize].size;
     let cfg = read_config(side, cfg_size.clamp(64, 4096))?;
     let vendor = u16::from_le_bytes([cfg[0], cfg[1]]);
@@ -1499,6 +1590,7 @@ pub fn read_profile(side: &Side) -> Result<(Profile, Vec<u8>), String> {
             regions,
             cfg_size,
             pm_cap,
+            irq_counts,
         },
         cfg,
     ))
@@ -1559,14 +1651,19 @@ pub fn fuzz_twin(rep: &mut Reporter, twin: &Twin, seed: u64, ops: u64, replay: O
     let n = replay.map_or(ops, |k| k + 1);
     let mut divergent = 0u64;
     let mut by_design = vec![0u64; BY_DESIGN.len()];
-    let mut per_kind: std::collections::BTreeMap<&'static str, u64> = Default::default();
+    // Per op kind: count and time spent (both devices).
+    let mut per_kind: std::collections::BTreeMap<&'static str, (u64, Duration)> =
+        Default::default();
     let start = Instant::now();
     let mut last_progress = Instant::now();
     for i in 0..n {
         let op = gen_op(seed, i, &ctx.profile);
+        let t0 = Instant::now();
         let oc = c.exec(&op, &ctx);
         let ors = rs.exec(&op, &ctx);
-        *per_kind.entry(op.kind()).or_default() += 1;
+        let e = per_kind.entry(op.kind()).or_default();
+        e.0 += 1;
+        e.1 += t0.elapsed();
         let v = classify(&op, &oc, &ors);
         if replay.is_some() {
             let mark = match v {
@@ -1615,8 +1712,15 @@ pub fn fuzz_twin(rep: &mut Reporter, twin: &Twin, seed: u64, ops: u64, replay: O
         twin.name,
         n as f64 / secs.max(1e-9)
     ));
-    let kinds: Vec<String> = per_kind.iter().map(|(k, v)| format!("{k} {v}")).collect();
-    rep.note(&format!("fuzz {} op mix: {}", twin.name, kinds.join(", ")));
+    let kinds: Vec<String> = per_kind
+        .iter()
+        .map(|(k, (n, t))| format!("{k} {n} ({:.1} s)", t.as_secs_f64()))
+        .collect();
+    rep.note(&format!(
+        "fuzz {} op mix (count, time on both devices): {}",
+        twin.name,
+        kinds.join(", ")
+    ));
     for (k, b) in BY_DESIGN.iter().enumerate() {
         if by_design[k] > 0 {
             rep.note(&format!(
@@ -1698,6 +1802,7 @@ mod tests {
             regions,
             cfg_size: 256,
             pm_cap: Some(0x40),
+            irq_counts: vec![1, 1, 10, 1, 1],
         }
     }
 
