@@ -782,7 +782,7 @@ pub fn gen_op(seed: u64, i: u64, p: &Profile) -> Op {
         // LOW_POWER_EXIT: leaves the low power state an ENTRY put the device in, where every
         // ioctl resumes it (a D3hot -> D0 transition, 10 ms on a device with PM) and lets it
         // suspend again.
-        "feature" if r.chance(1, 8) => Op::Feature {
+        "feature" if r.chance(1, 3) => Op::Feature {
             argsz: 8,
             flags: uapi::VFIO_DEVICE_FEATURE_SET | uapi::VFIO_DEVICE_FEATURE_LOW_POWER_EXIT,
             data: Vec::new(),
