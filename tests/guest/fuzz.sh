@@ -4,6 +4,8 @@
 # device type with seed FUZZ_SEED; then the kernel log is checked for splats. Ends with
 # `N passed, N failed`.
 #
+# FUZZ_REPLAY=K: instead of FUZZ_OPS ops, replay ops 0..=K of FUZZ_SEED, printing every op
+# and both outcomes (`vfio-test fuzz --replay K`).
 # FUZZ_TWINS: the twin names to fuzz (default: edu ivshmem pci-testdev igb). Not fuzzed: vga
 # (the boot VGA device; its legacy VGA ranges reach the real console) and mixed-bus (its two
 # functions share one bus and IOMMU group: a hot reset or bus reset of one is a reset of the
@@ -17,8 +19,14 @@ CLIENT=tests/client/target/release/vfio-test
 FUZZ_SEED=${FUZZ_SEED:-$(date +%s)}
 FUZZ_OPS=${FUZZ_OPS:-1000000}
 FUZZ_TWINS=${FUZZ_TWINS:-edu ivshmem pci-testdev igb}
+FUZZ_REPLAY=${FUZZ_REPLAY:-}
+if [ -n "$FUZZ_REPLAY" ]; then
+	count=(--replay "$FUZZ_REPLAY")
+else
+	count=(--ops "$FUZZ_OPS")
+fi
 
-echo "== fuzz: kernel $(uname -r), $(nproc) cpus, seed $FUZZ_SEED, $FUZZ_OPS ops per twin: $FUZZ_TWINS"
+echo "== fuzz: kernel $(uname -r), $(nproc) cpus, seed $FUZZ_SEED, ${count[*]} per twin: $FUZZ_TWINS"
 for m in vfio_pci vfio_pci_rs; do
 	if modprobe "$m"; then ok "fuzz modprobe $m"; else bad "fuzz modprobe $m"; fi
 done
@@ -43,7 +51,7 @@ for name in $FUZZ_TWINS; do
 		continue
 	fi
 	start=$SECONDS
-	"$CLIENT" fuzz --seed "$FUZZ_SEED" --ops "$FUZZ_OPS" "$spec" 2>&1 | tee "/tmp/fuzz-$name.out"
+	"$CLIENT" fuzz --seed "$FUZZ_SEED" "${count[@]}" "$spec" 2>&1 | tee "/tmp/fuzz-$name.out"
 	add_summary "/tmp/fuzz-$name.out" "fuzz $name client"
 	echo "# fuzz $name took $((SECONDS - start)) s"
 	for b in "$c" "$rs"; do
