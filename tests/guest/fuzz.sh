@@ -5,7 +5,7 @@
 # `N passed, N failed`.
 #
 # FUZZ_REPLAY=K: instead of FUZZ_OPS ops, replay ops 0..=K of FUZZ_SEED, printing every op
-# and both outcomes (`vfio-test fuzz --replay K`).
+# and both outcomes (`vfio-test fuzz --replay K`); FUZZ_FROM=F prints only ops F..=K.
 # FUZZ_TWINS: the twin names to fuzz (default: edu ivshmem pci-testdev igb). Not fuzzed: vga
 # (the boot VGA device; its legacy VGA ranges reach the real console) and mixed-bus (its two
 # functions share one bus and IOMMU group: a hot reset or bus reset of one is a reset of the
@@ -21,7 +21,7 @@ FUZZ_OPS=${FUZZ_OPS:-1000000}
 FUZZ_TWINS=${FUZZ_TWINS:-edu ivshmem pci-testdev igb}
 FUZZ_REPLAY=${FUZZ_REPLAY:-}
 if [ -n "$FUZZ_REPLAY" ]; then
-	count=(--replay "$FUZZ_REPLAY")
+	count=(--replay "$FUZZ_REPLAY" --from "${FUZZ_FROM:-0}")
 else
 	count=(--ops "$FUZZ_OPS")
 fi

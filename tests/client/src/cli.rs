@@ -39,13 +39,14 @@ usage:
       test module dma-buf-importer-test: attach refusals, map for ivshmem itself, invalidation
       on revoke and close, ENODEV while revoked, EINVAL for OTHER_BDF (no P2P path);
       PASS/FAIL lines, `N passed, N failed`; exit 1 if any failed
-  vfio-test fuzz [--seed S] [--ops N] [--replay K] TWIN...
+  vfio-test fuzz [--seed S] [--ops N] [--replay K [--from F]] TWIN...
       seeded, reproducible fuzzing of the device fd: op i (from S and i alone) runs on the
       twin's vfio-pci device, then on its vfio-pci-rs device (both already bound), and the
       outcomes are compared; a difference not listed as by design prints a
       `FUZZ-DIVERGENCE twin=NAME seed=S op=I kind=K c=... rs=...` line. N ops per twin
       (default 10000), S decimal or 0x hex (default: the time). --replay K runs ops 0..=K
-      of the seed and prints every op and both outcomes. Checks `fuzz NAME ops` (both
+      of the seed and prints every op and both outcomes (--from F: only ops F..=K, all
+      run). Checks `fuzz NAME ops` (both
       devices survived: they reopen and answer GET_INFO as before) and `fuzz NAME parity`
       (no unlisted divergence); `N passed, N failed`; exit 1 if any failed
 ";
@@ -170,6 +171,8 @@ pub enum Cmd {
         seed: Option<u64>,
         ops: u64,
         replay: Option<u64>,
+        /// With `replay`: print ops from this one on (all run).
+        from: u64,
         twins: Vec<Twin>,
     },
     Help,
@@ -186,7 +189,7 @@ pub fn parse_u64(s: &str) -> Result<u64, String> {
 
 /// `fuzz [--seed S] [--ops N] [--replay K] TWIN...`.
 fn parse_fuzz(args: &[String]) -> Result<Cmd, String> {
-    let (mut seed, mut ops, mut replay) = (None, 10_000, None);
+    let (mut seed, mut ops, mut replay, mut from) = (None, 10_000, None, 0);
     let mut twins: Vec<Twin> = Vec::new();
     let mut it = args.iter();
     while let Some(arg) = it.next() {
@@ -194,7 +197,7 @@ fn parse_fuzz(args: &[String]) -> Result<Cmd, String> {
             Some((o, v)) if o.starts_with("--") => (o, Some(v.to_string())),
             _ => (arg.as_str(), None),
         };
-        if matches!(opt, "--seed" | "--ops" | "--replay") {
+        if matches!(opt, "--seed" | "--ops" | "--replay" | "--from") {
             let v = match inline {
                 Some(v) => v,
                 None => it
@@ -206,6 +209,7 @@ fn parse_fuzz(args: &[String]) -> Result<Cmd, String> {
             match opt {
                 "--seed" => seed = Some(n),
                 "--ops" => ops = n,
+                "--from" => from = n,
                 _ => replay = Some(n),
             }
         } else if arg.starts_with('-') {
@@ -224,10 +228,14 @@ fn parse_fuzz(args: &[String]) -> Result<Cmd, String> {
     if ops == 0 && replay.is_none() {
         return Err("--ops must be at least 1".to_string());
     }
+    if from > 0 && replay.is_none_or(|k| from > k) {
+        return Err("--from F needs --replay K with F <= K".to_string());
+    }
     Ok(Cmd::Fuzz {
         seed,
         ops,
         replay,
+        from,
         twins,
     })
 }
@@ -668,6 +676,7 @@ mod tests {
                 seed: None,
                 ops: 10_000,
                 replay: None,
+                from: 0,
                 twins: vec![parse_twin(t).unwrap()]
             }
         );
@@ -680,6 +689,7 @@ mod tests {
                 t,
                 "--replay",
                 "3",
+                "--from=2",
                 "igb=07:00.0,08:00.0"
             ]))
             .unwrap(),
@@ -687,6 +697,7 @@ mod tests {
                 seed: Some(16),
                 ops: 5,
                 replay: Some(3),
+                from: 2,
                 twins: vec![
                     parse_twin(t).unwrap(),
                     parse_twin("igb=0000:07:00.0,0000:08:00.0").unwrap()
@@ -702,6 +713,8 @@ mod tests {
             &["fuzz", "--frob", t],
             &["fuzz", t, t],
             &["fuzz", "0000:01:00.0"],
+            &["fuzz", "--from", "2", t],
+            &["fuzz", "--replay", "1", "--from", "2", t],
         ] {
             assert!(parse(&args(bad)).is_err(), "{bad:?} accepted");
         }

@@ -177,6 +177,13 @@ impl Profile {
 /// edu's DMA registers (QEMU hw/misc/edu.c): 0x80 source, 0x88 destination, 0x90 count, 0x98
 /// command (a write with bit 0 starts a transfer). Never written.
 pub const EDU_DMA_REGS: std::ops::Range<u64> = 0x80..0xa0;
+/// edu's status register: bit 7 makes QEMU's factorial thread raise an interrupt when it
+/// finishes, at a time that depends on the factorial's input (up to seconds later), which
+/// would make `irq-poll` outcomes timing-dependent. Never written.
+pub const EDU_STATUS_REG: std::ops::Range<u64> = 0x20..0x24;
+/// edu's interrupt raise and acknowledge registers: 4-byte writes of one status bit.
+pub const EDU_RAISE: u64 = 0x60;
+pub const EDU_ACK: u64 = 0x64;
 /// edu registers whose reads depend on the timing of QEMU's factorial thread: 0x08 (the
 /// factorial: input or result), 0x20 (status: bit 0 "computing") and 0x24 (interrupt status,
 /// raised when a factorial finishes with status bit 7 set). Not compared.
@@ -192,7 +199,7 @@ fn overlaps(r: &std::ops::Range<u64>, off: u64, len: u64) -> bool {
 /// - config space (7): always; both drivers virtualize it (COMMAND, PM, BARs, MSI/MSI-X, FLR
 ///   emulation). ROM (6): always, both drivers refuse ROM writes. Indexes 8 and up: refused
 ///   (no VGA region on the fuzzed twins, no device-specific regions).
-/// - edu: every BAR offset but [`EDU_DMA_REGS`].
+/// - edu: every BAR offset but [`EDU_DMA_REGS`] and [`EDU_STATUS_REG`].
 /// - ivshmem (registers and shared memory) and pci-testdev: everything.
 /// - igb and any other device: no in-range BAR write at all (igb's rings, RCTL/TCTL and its
 ///   I/O window IOADDR/IODATA reach every register); offsets at or past a BAR's end are fine,
@@ -203,7 +210,7 @@ pub fn write_allowed(p: &Profile, index: u32, off: u64, len: u64) -> bool {
     }
     let size = p.region(index).size;
     match p.kind {
-        Kind::Edu => !overlaps(&EDU_DMA_REGS, off, len),
+        Kind::Edu => !overlaps(&EDU_DMA_REGS, off, len) && !overlaps(&EDU_STATUS_REG, off, len),
         Kind::Ivshmem | Kind::PciTestdev => true,
         Kind::Igb | Kind::Other => off >= size,
     }
@@ -236,12 +243,20 @@ pub const DMABUF_SLOTS: u8 = 4;
 pub const EFDS: u8 = 4;
 /// A descriptor number this process never has open.
 pub const CLOSED_FD: RawFd = 4000;
+/// How long `irq-poll` waits for an eventfd when none is signalled yet.
+pub const IRQ_POLL_WAIT: Duration = Duration::from_millis(10);
+/// How long [`Side::settle`] waits for the runtime suspend of a device in low power.
+pub const SETTLE_WAIT: Duration = Duration::from_millis(100);
 
 /// A file descriptor an op passes to the kernel, resolved per side (the numbers differ).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FdRef {
     /// One of the fuzzer's eventfds.
     Efd(u8),
+    /// The eventfd given as LOW_POWER_ENTRY_WITH_WAKEUP's wakeup eventfd, never polled:
+    /// whether a resume signals it depends on whether the runtime suspend (a workqueue
+    /// after the last `pm_runtime_put`) had happened yet.
+    Wake,
     /// An exported DMABUF slot (-1 when empty).
     DmaBuf(u8),
     /// The device fd itself (-1 when closed).
@@ -348,6 +363,9 @@ pub enum Op {
     Signal {
         efd: u8,
     },
+    /// Which of the fuzzer's eventfds were signalled (interrupts, loopbacks, signals), after
+    /// waiting up to [`IRQ_POLL_WAIT`] for one; all are drained.
+    IrqPoll,
     Reset,
     HotResetInfo {
         argsz: u32,
@@ -389,6 +407,7 @@ impl Op {
             Op::DmaBufClose { .. } => "dmabuf-close",
             Op::Ioeventfd { .. } => "ioeventfd",
             Op::Signal { .. } => "signal",
+            Op::IrqPoll => "irq-poll",
             Op::Reset => "reset",
             Op::HotResetInfo { .. } => "hot-reset-info",
             Op::HotReset { .. } => "hot-reset",
@@ -470,6 +489,7 @@ const WEIGHTS: &[(u32, &str)] = &[
     (120, "dmabuf-close"),
     (350, "ioeventfd"),
     (200, "signal"),
+    (40, "irq-poll"),
     (6, "reset"),
     (120, "hot-reset-info"),
     (100, "hot-reset"),
@@ -701,6 +721,20 @@ pub fn gen_op(seed: u64, i: u64, p: &Profile) -> Op {
                 data,
             }
         }
+        "write" if p.kind == Kind::Edu && r.chance(1, 4) => {
+            // Raise or acknowledge an edu interrupt (INTx or MSI, whichever is set up).
+            let bit = 1u32 << r.pick(&[0, 0, 1, 5, 31]);
+            let (off, v) = match r.weighted(&[55, 35, 10]) {
+                0 => (EDU_RAISE, bit),
+                1 => (EDU_ACK, if r.chance(1, 2) { u32::MAX } else { bit }),
+                _ => (0x04, r.next() as u32),
+            };
+            Op::Write {
+                index: 0,
+                off,
+                data: v.to_le_bytes().to_vec(),
+            }
+        }
         "read" | "write" => {
             let index = gen_index(&mut r, p);
             let len = gen_width(&mut r);
@@ -805,7 +839,16 @@ pub fn gen_op(seed: u64, i: u64, p: &Profile) -> Op {
                 // PCI_VF_TOKEN: a UUID.
                 0 => (16, None),
                 // LOW_POWER_ENTRY_WITH_WAKEUP: {wakeup_eventfd, reserved}.
-                4 => (8, Some((0, gen_fd(&mut r)))),
+                4 => (
+                    8,
+                    Some((
+                        0,
+                        match gen_fd(&mut r) {
+                            FdRef::Efd(_) => FdRef::Wake,
+                            other => other,
+                        },
+                    )),
+                ),
                 // This project's DMA_BUF_REVOKE {dmabuf_fd} and DMA_BUF_MEMATTR
                 // {dmabuf_fd, memattr}.
                 14 => (4, Some((0, gen_fd(&mut r)))),
@@ -935,6 +978,7 @@ pub fn gen_op(seed: u64, i: u64, p: &Profile) -> Op {
                 fd,
             }
         }
+        "irq-poll" => Op::IrqPoll,
         "signal" => Op::Signal {
             efd: slot(&mut r, EFDS),
         },
@@ -1064,8 +1108,16 @@ pub struct Side {
     maps: Vec<Option<Mapped>>,
     dmabufs: Vec<Option<OwnedFd>>,
     efds: Vec<Efd>,
+    wake: Efd,
     devnull: File,
     group_id: u32,
+    /// A LOW_POWER_ENTRY (3) or _WITH_WAKEUP (4) succeeded and no exit was seen since: see
+    /// [`Side::settle`].
+    low_power: bool,
+    /// `power/runtime_status` of the device in sysfs.
+    runtime_status: std::path::PathBuf,
+    /// Settles that gave up waiting for the runtime suspend.
+    pub settle_timeouts: u64,
     session: Option<GroupSession>,
 }
 
@@ -1116,6 +1168,7 @@ impl Side {
             .map(|_| Efd::new())
             .collect::<io::Result<Vec<_>>>()
             .map_err(|e| format!("eventfd: {}", err_name(&e)))?;
+        let wake = Efd::new().map_err(|e| format!("eventfd: {}", err_name(&e)))?;
         let devnull = File::open("/dev/null").map_err(|e| format!("/dev/null: {e}"))?;
         Ok(Side {
             bdf: bdf.to_string(),
@@ -1123,15 +1176,52 @@ impl Side {
             maps: (0..MAP_SLOTS).map(|_| None).collect(),
             dmabufs: (0..DMABUF_SLOTS).map(|_| None).collect(),
             efds,
+            wake,
             devnull,
             group_id: gd.session.group_id,
+            low_power: false,
+            runtime_status: crate::sysfs::device_dir(bdf).join("power/runtime_status"),
+            settle_timeouts: 0,
             session: Some(gd.session),
         })
+    }
+
+    /// After an op, while the device is in low power: wait until it has runtime-suspended
+    /// again (every ioctl, read and write resumes it; the suspend follows from a workqueue
+    /// after the op's `pm_runtime_put`). Without this, whether the next op finds it suspended
+    /// depends on the scheduler, and so do its outcomes: the wakeup eventfd's resume that
+    /// ends LOW_POWER_ENTRY_WITH_WAKEUP only happens from the suspended state (until then,
+    /// mapped accesses SIGBUS), and on a device with PM, BAR accesses of a suspended device
+    /// are EIO. The wakeup eventfd signalled means low power was left.
+    pub fn settle(&mut self) {
+        if !self.low_power {
+            return;
+        }
+        if self.wake.drain() > 0 {
+            self.low_power = false;
+            return;
+        }
+        let start = Instant::now();
+        loop {
+            let st = std::fs::read_to_string(&self.runtime_status).unwrap_or_default();
+            if st.trim() == "suspended" {
+                return;
+            }
+            if start.elapsed() >= SETTLE_WAIT {
+                // Something keeps it active (or it left low power some other way): stop
+                // waiting after every op.
+                self.settle_timeouts += 1;
+                self.low_power = false;
+                return;
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
     }
 
     fn resolve(&self, f: FdRef) -> RawFd {
         match f {
             FdRef::Efd(k) => self.efds[k as usize].raw(),
+            FdRef::Wake => self.wake.raw(),
             FdRef::DmaBuf(k) => self.dmabufs[k as usize]
                 .as_ref()
                 .map_or(-1, |fd| fd.as_raw_fd()),
@@ -1157,6 +1247,8 @@ impl Side {
             *d = None;
         }
         self.session = None;
+        self.low_power = false;
+        self.wake.drain();
         let mut q = Quiet::default();
         let gd = checks::open_via_group(&self.bdf, &mut q)
             .map_err(|_| q.failure.unwrap_or_else(|| "open failed".into()))?;
@@ -1221,6 +1313,34 @@ impl Side {
                     }
                 }
                 return outcome_of(r, |()| "ok".into());
+            }
+            Op::IrqPoll => {
+                let mut pfds: Vec<libc::pollfd> = self
+                    .efds
+                    .iter()
+                    .map(|e| libc::pollfd {
+                        fd: e.raw(),
+                        events: libc::POLLIN,
+                        revents: 0,
+                    })
+                    .collect();
+                // SAFETY: `pfds` is a live array of EFDS pollfds for the duration of the call.
+                unsafe {
+                    libc::poll(
+                        pfds.as_mut_ptr(),
+                        pfds.len() as libc::nfds_t,
+                        IRQ_POLL_WAIT.as_millis() as libc::c_int,
+                    )
+                };
+                // An interrupt raised by the op before lands at once (one vCPU); give any
+                // other one in flight a moment too.
+                std::thread::sleep(Duration::from_millis(1));
+                let fired: String = self
+                    .efds
+                    .iter()
+                    .map(|e| if e.drain() > 0 { '1' } else { '0' })
+                    .collect();
+                return format!("fired {fired}");
             }
             Op::Reopen => {
                 self.dev = None;
@@ -1345,6 +1465,18 @@ impl Side {
                     d[*at..*at + 4].copy_from_slice(&self.resolve(*f).to_ne_bytes());
                 }
                 let r = sys::device_feature(dev, *argsz, *flags, &d);
+                let set_only = flags & uapi::VFIO_DEVICE_FEATURE_SET != 0
+                    && flags & uapi::VFIO_DEVICE_FEATURE_PROBE == 0;
+                if r.is_ok() && set_only {
+                    match flags & uapi::VFIO_DEVICE_FEATURE_MASK {
+                        uapi::VFIO_DEVICE_FEATURE_LOW_POWER_ENTRY
+                        | uapi::VFIO_DEVICE_FEATURE_LOW_POWER_ENTRY_WITH_WAKEUP => {
+                            self.low_power = true
+                        }
+                        uapi::VFIO_DEVICE_FEATURE_LOW_POWER_EXIT => self.low_power = false,
+                        _ => {}
+                    }
+                }
                 outcome_of(r, |v| {
                     let get = flags & uapi::VFIO_DEVICE_FEATURE_GET != 0;
                     let probe = flags & uapi::VFIO_DEVICE_FEATURE_PROBE != 0;
@@ -1441,6 +1573,7 @@ impl Side {
             | Op::DmaBufClose { .. }
             | Op::Touch { .. }
             | Op::Signal { .. }
+            | Op::IrqPoll
             | Op::Reopen
             | Op::FullReopen => unreachable!("handled above"),
         }
@@ -1597,7 +1730,14 @@ pub fn read_profile(side: &Side) -> Result<(Profile, Vec<u8>), String> {
 }
 
 /// Fuzz one twin; reports `fuzz NAME ops` and `fuzz NAME parity`.
-pub fn fuzz_twin(rep: &mut Reporter, twin: &Twin, seed: u64, ops: u64, replay: Option<u64>) {
+pub fn fuzz_twin(
+    rep: &mut Reporter,
+    twin: &Twin,
+    seed: u64,
+    ops: u64,
+    replay: Option<u64>,
+    from: u64,
+) {
     let subject = format!("fuzz {}", twin.name);
     let open = Side::open(&twin.bdf_c).and_then(|c| Ok((c, Side::open(&twin.bdf_rs)?)));
     let (mut c, mut rs) = match open {
@@ -1660,12 +1800,14 @@ pub fn fuzz_twin(rep: &mut Reporter, twin: &Twin, seed: u64, ops: u64, replay: O
         let op = gen_op(seed, i, &ctx.profile);
         let t0 = Instant::now();
         let oc = c.exec(&op, &ctx);
+        c.settle();
         let ors = rs.exec(&op, &ctx);
+        rs.settle();
         let e = per_kind.entry(op.kind()).or_default();
         e.0 += 1;
         e.1 += t0.elapsed();
         let v = classify(&op, &oc, &ors);
-        if replay.is_some() {
+        if replay.is_some() && i >= from {
             let mark = match v {
                 Verdict::Same => "same",
                 Verdict::ByDesign(_) => "by-design",
@@ -1721,6 +1863,15 @@ pub fn fuzz_twin(rep: &mut Reporter, twin: &Twin, seed: u64, ops: u64, replay: O
         twin.name,
         kinds.join(", ")
     ));
+    if c.settle_timeouts + rs.settle_timeouts > 0 {
+        rep.note(&format!(
+            "fuzz {}: a device in low power did not runtime-suspend within {} ms {} times (vfio-pci) and {} times (vfio-pci-rs)",
+            twin.name,
+            SETTLE_WAIT.as_millis(),
+            c.settle_timeouts,
+            rs.settle_timeouts
+        ));
+    }
     for (k, b) in BY_DESIGN.iter().enumerate() {
         if by_design[k] > 0 {
             rep.note(&format!(
@@ -1758,7 +1909,13 @@ pub fn fuzz_twin(rep: &mut Reporter, twin: &Twin, seed: u64, ops: u64, replay: O
 }
 
 /// `vfio-test fuzz`.
-pub fn run(twins: &[Twin], seed: Option<u64>, ops: u64, replay: Option<u64>) -> ExitCode {
+pub fn run(
+    twins: &[Twin],
+    seed: Option<u64>,
+    ops: u64,
+    replay: Option<u64>,
+    from: u64,
+) -> ExitCode {
     let seed = seed.unwrap_or_else(|| {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -1771,7 +1928,7 @@ pub fn run(twins: &[Twin], seed: Option<u64>, ops: u64, replay: Option<u64>) -> 
         replay.map_or(String::new(), |k| format!(" replay 0..={k}"))
     ));
     for twin in twins {
-        fuzz_twin(&mut rep, twin, seed, ops, replay);
+        fuzz_twin(&mut rep, twin, seed, ops, replay, from);
     }
     rep.finish()
 }
@@ -1887,6 +2044,7 @@ mod tests {
         assert!(!write_allowed(&p, 0, 0x98, 4));
         assert!(!write_allowed(&p, 0, 0x7c, 8));
         assert!(write_allowed(&p, 0, 0x60, 4));
+        assert!(!write_allowed(&p, 0, 0x20, 4));
         assert!(write_allowed(&p, 0, 0xa0, 4));
         assert!(write_allowed(&p, 7, 0x4, 2));
         let p = profile(Kind::Igb);

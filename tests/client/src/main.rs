@@ -71,8 +71,9 @@ fn main() -> ExitCode {
             seed,
             ops,
             replay,
+            from,
             twins,
-        } => fuzz::run(&twins, seed, ops, replay),
+        } => fuzz::run(&twins, seed, ops, replay, from),
         Cmd::Run { drivers, twins } => {
             let mut rep = Reporter::stdout();
             for twin in &twins {
