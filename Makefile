@@ -6,6 +6,7 @@
 #   make run           the demo: a device on vfio-pci-rs passed through to a nested QEMU
 #   make vm CMD='...'  boot the test VM and run CMD as root
 #   make bench         fault/revoke/ioctl benchmark, vfio-pci vs vfio-pci-rs (not in make test)
+#   make fuzz          seeded device-fd fuzzer, vfio-pci vs vfio-pci-rs op by op (not in make test)
 #   make qemu-p2p      QEMU 11.1 and 10.0 as peer-to-peer clients on both drivers (not in make test)
 #   make kernel        install the driver into the tree and build it
 #   make install KDIR=/path/to/linux-7.3   place the driver into your own tree
@@ -17,7 +18,7 @@
 SHELL := /bin/bash
 export KDIR
 
-.PHONY: all deps kernel install client test run vm check kunit clean-cache bench standalone qemu-p2p
+.PHONY: all deps kernel install client test run vm check kunit clean-cache bench fuzz standalone qemu-p2p
 
 all: kernel
 
@@ -41,6 +42,9 @@ run: kernel client
 
 bench:
 	@scripts/bench.sh
+
+fuzz:
+	@scripts/fuzz.sh
 
 standalone:
 	@scripts/standalone.sh

@@ -238,7 +238,7 @@ fn group_node(group: u32) -> (PathBuf, bool) {
 /// then the container. Device fds opened from it must be dropped first.
 pub struct GroupSession {
     pub group: File,
-    _container: File,
+    pub(crate) container: File,
     pub group_id: u32,
     /// `/dev/vfio/<group>` (or `noiommu-<group>`).
     pub node: PathBuf,
@@ -371,7 +371,7 @@ pub fn open_group(bdf: &str, s: &mut impl Steps) -> Result<GroupSession, Stop> {
     })?;
     Ok(GroupSession {
         group,
-        _container: container,
+        container,
         group_id,
         node,
         iommu_type,

@@ -45,6 +45,16 @@ usage:
       holder closes its fds, then unmaps) or removed from the bus (the holder is killed, then
       a rescan brings it back): REQ is signalled, the removal waits for the last user, the
       function binds and works again; PASS/FAIL lines, `N passed, N failed`
+  vfio-test fuzz [--seed S] [--ops N] [--replay K [--from F]] TWIN...
+      seeded, reproducible fuzzing of the device fd: op i (from S and i alone) runs on the
+      twin's vfio-pci device, then on its vfio-pci-rs device (both already bound), and the
+      outcomes are compared; a difference not listed as by design prints a
+      `FUZZ-DIVERGENCE twin=NAME seed=S op=I kind=K c=... rs=...` line. N ops per twin
+      (default 10000), S decimal or 0x hex (default: the time). --replay K runs ops 0..=K
+      of the seed and prints every op and both outcomes (--from F: only ops F..=K, all
+      run). Checks `fuzz NAME ops` (both
+      devices survived: they reopen and answer GET_INFO as before) and `fuzz NAME parity`
+      (no unlisted divergence); `N passed, N failed`; exit 1 if any failed
 ";
 
 /// The two drivers under comparison.
@@ -166,7 +176,78 @@ pub enum Cmd {
         mode: String,
         bdf: String,
     },
+    /// The device-fd fuzzer (fuzz.rs).
+    Fuzz {
+        seed: Option<u64>,
+        ops: u64,
+        replay: Option<u64>,
+        /// With `replay`: print ops from this one on (all run).
+        from: u64,
+        twins: Vec<Twin>,
+    },
     Help,
+}
+
+/// A number: decimal or `0x` hex.
+pub fn parse_u64(s: &str) -> Result<u64, String> {
+    let r = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(h) => u64::from_str_radix(h, 16),
+        None => s.parse(),
+    };
+    r.map_err(|_| format!("bad number {s:?} (decimal or 0x hex)"))
+}
+
+/// `fuzz [--seed S] [--ops N] [--replay K] TWIN...`.
+fn parse_fuzz(args: &[String]) -> Result<Cmd, String> {
+    let (mut seed, mut ops, mut replay, mut from) = (None, 10_000, None, 0);
+    let mut twins: Vec<Twin> = Vec::new();
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        let (opt, inline) = match arg.split_once('=') {
+            Some((o, v)) if o.starts_with("--") => (o, Some(v.to_string())),
+            _ => (arg.as_str(), None),
+        };
+        if matches!(opt, "--seed" | "--ops" | "--replay" | "--from") {
+            let v = match inline {
+                Some(v) => v,
+                None => it
+                    .next()
+                    .cloned()
+                    .ok_or_else(|| format!("{opt} needs a value"))?,
+            };
+            let n = parse_u64(&v)?;
+            match opt {
+                "--seed" => seed = Some(n),
+                "--ops" => ops = n,
+                "--from" => from = n,
+                _ => replay = Some(n),
+            }
+        } else if arg.starts_with('-') {
+            return Err(format!("fuzz: unknown option {arg:?}"));
+        } else {
+            let t = parse_twin(arg)?;
+            if twins.iter().any(|x| x.name == t.name) {
+                return Err(format!("twin {} given twice", t.name));
+            }
+            twins.push(t);
+        }
+    }
+    if twins.is_empty() {
+        return Err("fuzz needs at least one twin NAME=BDF_C,BDF_RS".to_string());
+    }
+    if ops == 0 && replay.is_none() {
+        return Err("--ops must be at least 1".to_string());
+    }
+    if from > 0 && replay.is_none_or(|k| from > k) {
+        return Err("--from F needs --replay K with F <= K".to_string());
+    }
+    Ok(Cmd::Fuzz {
+        seed,
+        ops,
+        replay,
+        from,
+        twins,
+    })
 }
 
 /// Validate a PCI address and return it in sysfs form: `DDDD:BB:DD.F`, lower case. A missing
@@ -336,6 +417,7 @@ pub fn parse(args: &[String]) -> Result<Cmd, String> {
                 _ => Err("teardown takes unbind|remove EDU_BDF".to_string()),
             };
         }
+        "fuzz" => return parse_fuzz(&args[1..]),
         "importer" => {
             return match &args[1..] {
                 [ivshmem, other] => Ok(Cmd::Importer {
@@ -615,5 +697,61 @@ mod tests {
         ] {
             assert!(parse(&args(bad)).is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn fuzz() {
+        let t = "edu=0000:01:00.0,0000:02:00.0";
+        assert_eq!(
+            parse(&args(&["fuzz", t])).unwrap(),
+            Cmd::Fuzz {
+                seed: None,
+                ops: 10_000,
+                replay: None,
+                from: 0,
+                twins: vec![parse_twin(t).unwrap()]
+            }
+        );
+        assert_eq!(
+            parse(&args(&[
+                "fuzz",
+                "--seed",
+                "0x10",
+                "--ops=5",
+                t,
+                "--replay",
+                "3",
+                "--from=2",
+                "igb=07:00.0,08:00.0"
+            ]))
+            .unwrap(),
+            Cmd::Fuzz {
+                seed: Some(16),
+                ops: 5,
+                replay: Some(3),
+                from: 2,
+                twins: vec![
+                    parse_twin(t).unwrap(),
+                    parse_twin("igb=0000:07:00.0,0000:08:00.0").unwrap()
+                ]
+            }
+        );
+        for bad in [
+            &["fuzz"][..],
+            &["fuzz", "--seed", t],
+            &["fuzz", "--seed"],
+            &["fuzz", "--ops", "0", t],
+            &["fuzz", "--ops", "-1", t],
+            &["fuzz", "--frob", t],
+            &["fuzz", t, t],
+            &["fuzz", "0000:01:00.0"],
+            &["fuzz", "--from", "2", t],
+            &["fuzz", "--replay", "1", "--from", "2", t],
+        ] {
+            assert!(parse(&args(bad)).is_err(), "{bad:?} accepted");
+        }
+        assert_eq!(parse_u64("0xff"), Ok(255));
+        assert_eq!(parse_u64("1764700000"), Ok(1_764_700_000));
+        assert!(parse_u64("x").is_err());
     }
 }

@@ -13,6 +13,7 @@ mod cli;
 mod devregion;
 mod faultsafe;
 mod hazards;
+mod fuzz;
 mod hold;
 mod importer;
 mod irq;
@@ -69,6 +70,13 @@ fn main() -> ExitCode {
         } => p2p::run_iommufd(&edu, &ivshmem, backing.as_deref()),
         Cmd::Importer { ivshmem, other } => importer::run(&ivshmem, &other),
         Cmd::Teardown { mode, bdf } => teardown::run(&mode, &bdf),
+        Cmd::Fuzz {
+            seed,
+            ops,
+            replay,
+            from,
+            twins,
+        } => fuzz::run(&twins, seed, ops, replay, from),
         Cmd::Run { drivers, twins } => {
             let mut rep = Reporter::stdout();
             for twin in &twins {
