@@ -447,6 +447,14 @@ else
 	bad "modprobe dma-buf-importer-test"
 fi
 
+echo "== device-fd fuzzer, short (make fuzz runs 1000000 ops per twin)"
+# A fixed seed, so a divergence here replays with make fuzz FUZZ_SEED=14 FUZZ_REPLAY=I. Not
+# edu: with this seed both edus write to IOVA 0 (DMAR faults on both drivers), not yet
+# explained.
+FUZZ_SEED=14 FUZZ_OPS=${FUZZ_OPS:-20000} FUZZ_TWINS="ivshmem pci-testdev" bash tests/guest/fuzz.sh 2>&1 |
+	tee /tmp/fuzz-short.out | grep -vE '^# fuzz .*/[0-9]+ ops, '
+add_summary /tmp/fuzz-short.out "fuzzer"
+
 echo "== module unload"
 for m in vfio_pci_rs vfio_pci; do
 	if rmmod "$m"; then ok "rmmod $m"; else bad "rmmod $m"; fi
