@@ -182,44 +182,29 @@ fn own_mapping_errnos(dev: &File, cmd0: u32) -> String {
     let fd = dev.as_raw_fd();
     let a = map.addr;
     let out = crate::mmap::in_child(30, move || {
-        let errno = |n: isize| {
+        // One pread or pwrite of `len` bytes at device fd offset `off`, the buffer at `buf` in
+        // our own mapping; the result or the errno's name.
+        let io = |write: bool, buf: u64, len: usize, off: u64| {
+            let off = off as libc::off_t;
+            // SAFETY: `len` bytes of our own live mapping; a fault on them is an error of the
+            // syscall, not a signal, inside the kernel's copy.
+            let n = unsafe {
+                if write {
+                    libc::pwrite(fd, buf as *const libc::c_void, len, off)
+                } else {
+                    libc::pread(fd, buf as *mut libc::c_void, len, off)
+                }
+            };
             if n < 0 {
                 errno_name(io::Error::last_os_error().raw_os_error().unwrap_or(0))
             } else {
                 format!("{n}")
             }
         };
-        // SAFETY: 8 bytes of our own live mapping; a fault on it is an error, not a signal,
-        // inside the kernel's copy.
-        let r1 = unsafe {
-            libc::pread(
-                fd,
-                (a + 0x1000) as *mut libc::c_void,
-                8,
-                region_offset(BAR, 0x3000) as i64,
-            )
-        };
-        let r1 = errno(r1);
-        // SAFETY: as above, 8 bytes read from the mapping.
-        let r2 = unsafe {
-            libc::pwrite(
-                fd,
-                (a + 0x1000) as *const libc::c_void,
-                8,
-                region_offset(BAR, 0x3000) as i64,
-            )
-        };
-        let r2 = errno(r2);
-        // SAFETY: as above, 2 bytes read from the mapping.
-        let r3 = unsafe {
-            libc::pwrite(
-                fd,
-                (a + 0x2000) as *const libc::c_void,
-                2,
-                region_offset(uapi::VFIO_PCI_CONFIG_REGION_INDEX, PCI_COMMAND as u64) as i64,
-            )
-        };
-        let r3 = errno(r3);
+        let r1 = io(false, a + 0x1000, 8, region_offset(BAR, 0x3000));
+        let r2 = io(true, a + 0x1000, 8, region_offset(BAR, 0x3000));
+        let config = region_offset(uapi::VFIO_PCI_CONFIG_REGION_INDEX, PCI_COMMAND as u64);
+        let r3 = io(true, a + 0x2000, 2, config);
         format!("pread {r1}, pwrite {r2}, config pwrite {r3}").into_bytes()
     });
     let on = set_mem(dev, cmd0, true);

@@ -28,17 +28,14 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::FileExt;
-use std::path::Path;
 use std::process::ExitCode;
 
 use crate::cfgspace::PCI_COMMAND_MEMORY;
-use crate::checks::open_node;
-use crate::p2p::{add_group, command, device_fd, driver_name, expect_errno};
+use crate::p2p::{command, driver_name, expect_errno, open_type1};
 use crate::report::{Phase, Reporter, Stop};
 use crate::stress::dmabuf_export;
-use crate::sys::{self, err_name, ValueIoctl};
+use crate::sys::err_name;
 use crate::sysfs;
-use crate::uapi;
 
 const CHECKS: &[&str] = &[
     "open",
@@ -154,16 +151,6 @@ fn bar_start(bdf: &str, bar: usize) -> Result<u64, String> {
         .ok_or_else(|| format!("no BAR{bar} in {}", path.display()))
 }
 
-/// Opens `bdf` through its group in a new Type1 container.
-fn open_device(bdf: &str) -> Result<(File, File, File), String> {
-    let container = open_node(Path::new("/dev/vfio/vfio"))?;
-    let group = add_group(&container, bdf)?;
-    sys::ioctl_value(&container, ValueIoctl::SetIommu, uapi::VFIO_TYPE1V2_IOMMU)
-        .map_err(|e| format!("VFIO_SET_IOMMU(type1v2): {}", err_name(&e)))?;
-    let dev = device_fd(&group, bdf)?;
-    Ok((container, group, dev))
-}
-
 fn expect_state(what: &str, got: &State, want: &State) -> Result<(), String> {
     if got == want {
         Ok(())
@@ -178,7 +165,7 @@ fn checks(p: &mut Phase, ivshmem_bdf: &str, other_bdf: &str) -> Result<(), Stop>
         (|| {
             let imp = Importer::open()?;
             imp.reset();
-            let (container, group, dev) = open_device(ivshmem_bdf)?;
+            let (container, group, dev) = open_type1(ivshmem_bdf)?;
             command(&dev, PCI_COMMAND_MEMORY, true)?;
             let bar2 = bar_start(ivshmem_bdf, BAR2 as usize)?;
             Ok((imp, container, group, dev, bar2))

@@ -114,7 +114,7 @@ const CHECKS_IOMMUFD: &[&str] = &[
 ];
 
 /// edu's BAR0 registers (QEMU docs/specs/edu.rst) and its DMA buffer.
-const EDU_DMA_SRC: u64 = 0x80;
+pub(crate) const EDU_DMA_SRC: u64 = 0x80;
 const EDU_DMA_DST: u64 = 0x88;
 const EDU_DMA_COUNT: u64 = 0x90;
 const EDU_DMA_CMD: u64 = 0x98;
@@ -211,6 +211,16 @@ pub(crate) fn add_group(container: &File, bdf: &str) -> Result<File, String> {
     sys::group_set_container(&group, container)
         .map_err(|e| format!("{bdf} VFIO_GROUP_SET_CONTAINER: {}", err_name(&e)))?;
     Ok(group)
+}
+
+/// Opens `bdf` through its group in a new Type1 container: (container, group, device).
+pub(crate) fn open_type1(bdf: &str) -> Result<(File, File, File), String> {
+    let container = open_node(Path::new("/dev/vfio/vfio"))?;
+    let group = add_group(&container, bdf)?;
+    sys::ioctl_value(&container, ValueIoctl::SetIommu, uapi::VFIO_TYPE1V2_IOMMU)
+        .map_err(|e| format!("VFIO_SET_IOMMU(type1v2): {}", err_name(&e)))?;
+    let dev = device_fd(&group, bdf)?;
+    Ok((container, group, dev))
 }
 
 pub(crate) fn device_fd(group: &File, bdf: &str) -> Result<File, String> {

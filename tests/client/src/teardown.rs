@@ -23,19 +23,17 @@
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::path::Path;
 use std::process::ExitCode;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use crate::access::{rd, wr};
 use crate::cfgspace::PCI_COMMAND_MEMORY;
-use crate::checks::open_node;
 use crate::faultsafe;
-use crate::p2p::{add_group, command, device_fd, driver_name};
+use crate::p2p::{command, driver_name, open_type1, EDU_DMA_SRC};
 use crate::report::{Phase, Reporter, Stop};
 use crate::stress::dmabuf_export;
-use crate::sys::{self, err_name, ValueIoctl};
+use crate::sys::{self, err_name};
 use crate::sysfs;
 use crate::uapi::{self, region_offset};
 
@@ -62,7 +60,7 @@ const CHECKS_REMOVE: &[&str] = &[
 const BAR0: u32 = 0;
 const MAP_LEN: usize = 4096;
 /// edu's DMA source address: a plain 64-bit register (DMA starts only from the command).
-const WORD: u64 = 0x80;
+const WORD: u64 = EDU_DMA_SRC;
 const WORD_VALUE: u64 = 0x1234_5678_9abc_def0;
 /// edu's liveness register: reads back the inverse of what was written.
 const IOEVENTFD_AT: u64 = 0x04;
@@ -131,14 +129,10 @@ struct Live {
     _ioeventfd: OwnedFd,
 }
 
-/// Opens `bdf`, maps 2 MiB of BAR0 and sets the state up; the mapping's address is returned
+/// Opens `bdf`, maps a page of BAR0 and sets the state up; the mapping's address is returned
 /// beside it.
 fn set_up(bdf: &str, req: RawFd) -> Result<(Live, u64), String> {
-    let container = open_node(Path::new("/dev/vfio/vfio"))?;
-    let group = add_group(&container, bdf)?;
-    sys::ioctl_value(&container, ValueIoctl::SetIommu, uapi::VFIO_TYPE1V2_IOMMU)
-        .map_err(|e| format!("VFIO_SET_IOMMU(type1v2): {}", err_name(&e)))?;
-    let dev = device_fd(&group, bdf)?;
+    let (container, group, dev) = open_type1(bdf)?;
     command(&dev, PCI_COMMAND_MEMORY, true)?;
     // SAFETY: a new shared mapping of the device fd; the holder keeps it until it unmaps it.
     let map = unsafe {
@@ -359,11 +353,7 @@ fn expect_ok(what: &str, got: String) -> Result<(), String> {
 /// Binds `bdf` to `driver` again and checks that BAR0 works.
 fn rebind(bdf: &str, driver: &str) -> Result<(), String> {
     sysfs::bind(bdf, driver).map_err(|e| format!("bind: {e}"))?;
-    let container = open_node(Path::new("/dev/vfio/vfio"))?;
-    let group = add_group(&container, bdf)?;
-    sys::ioctl_value(&container, ValueIoctl::SetIommu, uapi::VFIO_TYPE1V2_IOMMU)
-        .map_err(|e| format!("VFIO_SET_IOMMU(type1v2): {}", err_name(&e)))?;
-    let dev = device_fd(&group, bdf)?;
+    let (_container, _group, dev) = open_type1(bdf)?;
     command(&dev, PCI_COMMAND_MEMORY, true)?;
     let v = 0x7ea2_d0e5u32;
     wr(&dev, BAR0, IOEVENTFD_AT, &v.to_le_bytes())
