@@ -20,6 +20,7 @@ use std::time::Duration;
 use crate::access::{rd, wr, Ck, Layout};
 use crate::cfgspace::PCI_COMMAND;
 use crate::checks::{open_via_group, Quiet};
+use crate::mmap::verdict_str;
 use crate::stress::{command, dmabuf_export, set_mem};
 use crate::sys::{self, err_name, errno_name};
 use crate::uapi::{self, region_offset};
@@ -61,13 +62,6 @@ fn bar_works(dev: &File, off: u64, v: u32) -> Result<(), String> {
     }
 }
 
-fn verdict(r: &Result<(), String>) -> String {
-    match r {
-        Ok(()) => "ok".into(),
-        Err(e) => e.clone(),
-    }
-}
-
 /// One revoke walk over a buffer without a file: `trigger` runs while it is pinned, then
 /// the pin goes and BAR2 must still work.
 fn walk_dangling(dev: &File, trigger: impl FnOnce() -> Result<(), String>) -> Result<(), String> {
@@ -92,17 +86,17 @@ pub fn sec_hazards(ck: &mut Ck, dev: &File, has_reset: Option<bool>) {
         set_mem(dev, cmd0, false)?;
         set_mem(dev, cmd0, true)
     });
-    ck.both("dangling-dmabuf-mem-toggle", verdict(&r), r);
+    ck.both("dangling-dmabuf-mem-toggle", verdict_str(&r), r);
     if has_reset == Some(true) {
         let r = walk_dangling(dev, || {
             sys::ioctl_noarg(dev, uapi::VFIO_DEVICE_RESET)
                 .map(|_| ())
                 .map_err(|e| format!("reset: {}", err_name(&e)))
         });
-        ck.both("dangling-dmabuf-reset", verdict(&r), r);
+        ck.both("dangling-dmabuf-reset", verdict_str(&r), r);
     }
     let r = other_file_survives(dev, cmd0);
-    ck.both("dangling-dmabuf-other-file-intact", verdict(&r), r);
+    ck.both("dangling-dmabuf-other-file-intact", verdict_str(&r), r);
     let got = own_mapping_errnos(dev, cmd0);
     let want = "pread EIO, pwrite EFAULT, config pwrite EFAULT";
     let r = if got == want {
@@ -231,5 +225,5 @@ pub fn sec_hazards_close(ck: &mut Ck, lay: &Layout) {
             .map_err(|_| format!("reopen: {}", quiet.failure.take().unwrap_or_default()))?;
         bar_works(&gd.device, 0x20_0000, 0x5a5a_0002)
     })();
-    ck.both("dangling-dmabuf-close-reopen", verdict(&r), r);
+    ck.both("dangling-dmabuf-close-reopen", verdict_str(&r), r);
 }

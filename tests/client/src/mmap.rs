@@ -452,7 +452,7 @@ fn v_or_e<T: std::fmt::Display>(r: &Result<T, String>) -> String {
     }
 }
 
-fn verdict_str(r: &Result<(), String>) -> String {
+pub(crate) fn verdict_str(r: &Result<(), String>) -> String {
     match r {
         Ok(()) => "ok".into(),
         Err(e) => e.clone(),
@@ -1391,7 +1391,7 @@ fn eventfd_count(fd: &OwnedFd) -> u64 {
     }
 }
 
-fn new_eventfd() -> io::Result<OwnedFd> {
+pub(crate) fn new_eventfd() -> io::Result<OwnedFd> {
     // SAFETY: plain syscall; a valid fd is owned by the caller.
     let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
     if fd < 0 {

@@ -67,16 +67,7 @@ const IOEVENTFD_AT: u64 = 0x04;
 const IOEVENTFD_DATA: u64 = 0x1eef_da7a;
 
 fn new_eventfd() -> Result<OwnedFd, String> {
-    // SAFETY: plain syscall; a valid fd is owned by the caller.
-    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
-    if fd < 0 {
-        return Err(format!(
-            "eventfd: {}",
-            err_name(&io::Error::last_os_error())
-        ));
-    }
-    // SAFETY: `fd` is a new fd that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    crate::mmap::new_eventfd().map_err(|e| format!("eventfd: {}", err_name(&e)))
 }
 
 /// Waits up to `limit` for `fd` to be readable.
