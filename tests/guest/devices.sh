@@ -10,3 +10,5 @@ TWINS=(
 	# Two functions on one conventional PCI bus: a bus-reset device set shared by both drivers.
 	"mixed-bus=0000:0c:01.0,0000:0c:02.0"
 )
+# A function with an ATS capability (virtio-rng-pci,ats=on), for the reset-race test.
+ATS_FUNCTION=0000:0e:00.0
