@@ -100,16 +100,30 @@ lifecycle vfio-pci vfio_pci "${edu%,*}"
 lifecycle vfio-pci-rs vfio_pci_rs "${edu#*,}"
 
 echo "== teardown with live state"
-# Each driver on its edu: unbind, then removal from the bus, of a function that a process
-# uses (BAR mapping, exported DMABUF, MSI, ioeventfd, REQ); then rescan and bind again.
+# Each driver on its edu: unbind, removal from the bus, and a PCIe hot-unplug by QEMU's
+# device_del (the QEMU id is slotN for the function on bus N, scripts/vm.sh) of a function
+# that a process uses (BAR mapping, exported DMABUF, MSI, ioeventfd, REQ); then rescan or
+# device_add, and bind again.
 for drv in vfio-pci vfio-pci-rs; do
 	if [ "$drv" = vfio-pci ]; then b=${edu%,*}; else b=${edu#*,}; fi
-	for mode in unbind remove; do
+	for mode in unbind remove unplug; do
+		slot=
+		[ "$mode" != unplug ] || slot=slot$((16#${b:5:2}))
 		"$CLIENT" bind "$b" "$drv" > /dev/null || { bad "teardown $drv $mode: bind $b"; continue; }
-		"$CLIENT" teardown "$mode" "$b" 2>&1 | tee "/tmp/teardown-$drv-$mode.out"
+		"$CLIENT" teardown "$mode" "$b" $slot 2>&1 | tee "/tmp/teardown-$drv-$mode.out"
 		add_summary "/tmp/teardown-$drv-$mode.out" "teardown $drv $mode"
 		"$CLIENT" unbind "$b" > /dev/null
 	done
+done
+
+echo "== reset racing faults on a function with ATS"
+# Each driver in turn on the virtio-rng with ATS: VFIO_DEVICE_RESET (which takes the IOMMU
+# group's mutex under memory_lock) against BAR faults (memory_lock under mmap_lock).
+for drv in vfio-pci vfio-pci-rs; do
+	"$CLIENT" bind "$ATS_FUNCTION" "$drv" > /dev/null || { bad "reset-race $drv: bind $ATS_FUNCTION"; continue; }
+	"$CLIENT" reset-race "$ATS_FUNCTION" 15 2>&1 | tee "/tmp/reset-race-$drv.out"
+	add_summary "/tmp/reset-race-$drv.out" "reset-race $drv"
+	"$CLIENT" unbind "$ATS_FUNCTION" > /dev/null
 done
 
 echo "== driver_managed_dma"

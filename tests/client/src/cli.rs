@@ -45,6 +45,10 @@ usage:
       holder closes its fds, then unmaps) or removed from the bus (the holder is killed, then
       a rescan brings it back): REQ is signalled, the removal waits for the last user, the
       function binds and works again; PASS/FAIL lines, `N passed, N failed`
+  vfio-test reset-race BDF [SECS]
+      on a function with ATS bound to a VFIO driver: SECS seconds (default 15) of
+      VFIO_DEVICE_RESET, BAR faults and memory-decode toggles at once, then lockdep still
+      on, no kernel report, the device opens again; PASS/FAIL lines, `N passed, N failed`
   vfio-test fuzz [--seed S] [--ops N] [--replay K [--from F]] TWIN...
       seeded, reproducible fuzzing of the device fd: op i (from S and i alone) runs on the
       twin's vfio-pci device, then on its vfio-pci-rs device (both already bound), and the
@@ -175,6 +179,13 @@ pub enum Cmd {
     Teardown {
         mode: String,
         bdf: String,
+        /// `unplug`: the function's QEMU device id.
+        slot: Option<String>,
+    },
+    /// VFIO_DEVICE_RESET racing BAR faults on a function with ATS (resetrace.rs).
+    ResetRace {
+        bdf: String,
+        secs: u64,
     },
     /// The device-fd fuzzer (fuzz.rs).
     Fuzz {
@@ -413,8 +424,29 @@ pub fn parse(args: &[String]) -> Result<Cmd, String> {
                 [mode, bdf] if mode == "unbind" || mode == "remove" => Ok(Cmd::Teardown {
                     mode: mode.clone(),
                     bdf: parse_bdf(bdf)?,
+                    slot: None,
                 }),
-                _ => Err("teardown takes unbind|remove EDU_BDF".to_string()),
+                [mode, bdf, slot] if mode == "unplug" => Ok(Cmd::Teardown {
+                    mode: mode.clone(),
+                    bdf: parse_bdf(bdf)?,
+                    slot: Some(slot.clone()),
+                }),
+                _ => Err(
+                    "teardown takes unbind|remove EDU_BDF, or unplug EDU_BDF QEMU_ID".to_string(),
+                ),
+            };
+        }
+        "reset-race" => {
+            return match &args[1..] {
+                [bdf] => Ok(Cmd::ResetRace {
+                    bdf: parse_bdf(bdf)?,
+                    secs: 15,
+                }),
+                [bdf, secs] => Ok(Cmd::ResetRace {
+                    bdf: parse_bdf(bdf)?,
+                    secs: parse_u64(secs)?,
+                }),
+                _ => Err("reset-race takes BDF [SECS]".to_string()),
             };
         }
         "fuzz" => return parse_fuzz(&args[1..]),
@@ -522,7 +554,7 @@ mod tests {
     #[test]
     fn teardown_modes() {
         match parse(&args(&["teardown", "remove", "01:00.0"])).unwrap() {
-            Cmd::Teardown { mode, bdf } => {
+            Cmd::Teardown { mode, bdf, .. } => {
                 assert_eq!(mode, "remove");
                 assert_eq!(bdf, "0000:01:00.0");
             }
@@ -530,6 +562,14 @@ mod tests {
         }
         assert!(parse(&args(&["teardown", "unplug", "01:00.0"])).is_err());
         assert!(parse(&args(&["teardown", "unbind"])).is_err());
+        match parse(&args(&["reset-race", "0e:00.0", "3"])).unwrap() {
+            Cmd::ResetRace { bdf, secs } => {
+                assert_eq!(bdf, "0000:0e:00.0");
+                assert_eq!(secs, 3);
+            }
+            _ => panic!("not reset-race"),
+        }
+        assert!(parse(&args(&["reset-race"])).is_err());
     }
 
     #[test]

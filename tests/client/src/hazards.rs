@@ -10,11 +10,18 @@
 //!   checks that a revoke leaves its dirty copy-on-write page alone.
 //! - Reads and writes whose user buffer is the same BAR's mapping with memory decode off:
 //!   the access or the copy fails with C's errno, no lock is held across the failing copy.
+//! - A fork with all of BAR2 mapped at 1 GiB alignment and populated: a revoke in the parent
+//!   zaps the child's inherited entries too.
+//! - A BAR read, a BAR write and a config write whose user buffer is a userfaultfd page
+//!   that stalls the copy, while another thread toggles memory decode and then maps, touches
+//!   and unmaps the BAR: the other thread finishes while the copy waits (one version of the
+//!   series held `memory_lock` across the copy; with `mmap_lock` in the fault, a deadlock).
 
 use std::ffi::CString;
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::mpsc;
 use std::time::Duration;
 
 use crate::access::{rd, wr, Ck, Layout};
@@ -24,6 +31,7 @@ use crate::mmap::verdict_str;
 use crate::stress::{command, dmabuf_export, set_mem};
 use crate::sys::{self, err_name, errno_name};
 use crate::uapi::{self, region_offset};
+use crate::uffd::StallPage;
 
 const BAR: u32 = 2;
 const M2: u64 = 2 << 20;
@@ -105,6 +113,175 @@ pub fn sec_hazards(ck: &mut Ck, dev: &File, has_reset: Option<bool>) {
         Err(format!("expected {want} (C) got {got}"))
     };
     ck.both("own-mapping-mem-off-errnos", got, r);
+    let r = fork_with_1g_mapping(dev);
+    ck.both("fork-1g-mapping-revoke-zaps-child", verdict_str(&r), r);
+    for access in [
+        StalledAccess::BarRead,
+        StalledAccess::BarWrite,
+        StalledAccess::ConfigWrite,
+    ] {
+        let got = stalled_copy(dev, cmd0, access);
+        let want = format!("stalled, others finished, {} bytes", access.len());
+        let r = if got == want {
+            Ok(())
+        } else {
+            Err(format!("expected {want} got {got}"))
+        };
+        ck.both(access.check_name(), got, r);
+    }
+}
+
+/// Fork with all of BAR2 (1 GiB) mapped at a 1 GiB-aligned address and read by the parent, so
+/// its page table holds the BAR at the largest size the CPU maps (PUD with `pdpe1gb`): the
+/// child inherits the mapping, reads the parent's data, and a revoke zaps the child's entries
+/// as well; the parent reads its data again afterwards.
+fn fork_with_1g_mapping(dev: &File) -> Result<(), String> {
+    const G1: u64 = 1 << 30;
+    const SPOT: u64 = G1 - M2 + 0x40;
+    let want = 0x5a5a_0005_a5a5_0006u64;
+    wr(dev, BAR, SPOT, &want.to_le_bytes()).map_err(|e| format!("pwrite: {}", err_name(&e)))?;
+    let (_reserve, at) = crate::faultsafe::Reserve::placed(G1, G1, 0)
+        .map_err(|e| format!("reserve: {}", err_name(&e)))?;
+    let map = crate::faultsafe::Map::new(dev.as_raw_fd(), Some(at), G1, region_offset(BAR, 0))
+        .map_err(|e| format!("mmap 1 GiB: {}", err_name(&e)))?;
+    let read = |what: &str| match crate::faultsafe::read64(map.addr + SPOT) {
+        Some(v) if v == want => Ok(()),
+        Some(v) => Err(format!("{what}: the mapping reads {v:#x}, not {want:#x}")),
+        None => Err(format!("{what}: the mapping SIGBUSes")),
+    };
+    read("before the fork")?;
+    crate::mmap::fork_revoke_zaps_child(dev, map.addr + SPOT, false)?;
+    read("after the revoke")
+}
+
+/// How long a userfaultfd stall, and the other thread's work during it, may take.
+const STALL_WAIT: Duration = Duration::from_secs(5);
+/// Where in BAR2 the stalled BAR accesses go.
+const STALL_OFF: u64 = 0x3000;
+
+/// The access whose copy stalls on a userfaultfd page.
+#[derive(Clone, Copy)]
+enum StalledAccess {
+    BarRead,
+    BarWrite,
+    ConfigWrite,
+}
+
+impl StalledAccess {
+    fn check_name(self) -> &'static str {
+        match self {
+            Self::BarRead => "uffd-stalled-bar-read",
+            Self::BarWrite => "uffd-stalled-bar-write",
+            Self::ConfigWrite => "uffd-stalled-config-write",
+        }
+    }
+
+    fn len(self) -> usize {
+        match self {
+            Self::BarRead | Self::BarWrite => 8,
+            Self::ConfigWrite => 2,
+        }
+    }
+}
+
+/// Memory decode off and on three times, then a BAR2 mapping made, read and unmapped.
+fn toggle_and_map(dev: &File, cmd0: u32) -> Result<(), String> {
+    for _ in 0..3 {
+        set_mem(dev, cmd0, false)?;
+        set_mem(dev, cmd0, true)?;
+    }
+    let map = crate::mmap::map_shared(dev, M2, region_offset(BAR, 0))
+        .map_err(|e| format!("mmap: {}", err_name(&e)))?;
+    match crate::faultsafe::read64(map.addr + STALL_OFF) {
+        Some(_) => Ok(()),
+        None => Err("the new mapping SIGBUSes".into()),
+    }
+}
+
+/// Scenario 1 of the series' failure list, for one access: it stalls in its copy to or
+/// from a userfaultfd page, [`toggle_and_map`] runs meanwhile in a thread of its own, then
+/// the page is filled and the access completes. Returns `stalled, others finished, N bytes`
+/// when everything went as on C, or what went otherwise.
+fn stalled_copy(dev: &File, cmd0: u32, access: StalledAccess) -> String {
+    let page = match StallPage::new() {
+        Ok(p) => p,
+        Err(e) => return e,
+    };
+    let fd = dev.as_raw_fd();
+    let buf = page.addr;
+    let len = access.len();
+    let (write, off) = match access {
+        StalledAccess::BarRead => (false, region_offset(BAR, STALL_OFF)),
+        StalledAccess::BarWrite => (true, region_offset(BAR, STALL_OFF)),
+        StalledAccess::ConfigWrite => (
+            true,
+            region_offset(uapi::VFIO_PCI_CONFIG_REGION_INDEX, PCI_COMMAND as u64),
+        ),
+    };
+    // What the page holds once resolved: a BAR write's value, or COMMAND as it was.
+    let head: Vec<u8> = match access {
+        StalledAccess::BarRead => Vec::new(),
+        StalledAccess::BarWrite => 0x5a5a_0003_a5a5_0004u64.to_le_bytes().to_vec(),
+        StalledAccess::ConfigWrite => (cmd0 as u16).to_le_bytes().to_vec(),
+    };
+    std::thread::scope(|s| {
+        let stalled_access = s.spawn(move || {
+            // SAFETY: `len` bytes of the registered page, which lives until the scope ends;
+            // the kernel's copy to or from it waits for the page to be resolved.
+            let n = unsafe {
+                if write {
+                    libc::pwrite(fd, buf as *const libc::c_void, len, off as libc::off_t)
+                } else {
+                    libc::pread(fd, buf as *mut libc::c_void, len, off as libc::off_t)
+                }
+            };
+            if n < 0 {
+                errno_name(io::Error::last_os_error().raw_os_error().unwrap_or(0))
+            } else {
+                format!("{n} bytes")
+            }
+        });
+        // No early return before the page is resolved: the scope joins the access.
+        let stalled = match page.wait_fault(STALL_WAIT) {
+            Ok(true) => "stalled".to_string(),
+            Ok(false) => "no stall".to_string(),
+            Err(e) => e,
+        };
+        let (tx, rx) = mpsc::channel();
+        let others = s.spawn(move || {
+            let _ = tx.send(toggle_and_map(dev, cmd0));
+        });
+        let others_done = match rx.recv_timeout(STALL_WAIT) {
+            Ok(Ok(())) => "others finished".to_string(),
+            Ok(Err(e)) => format!("others failed ({e})"),
+            Err(_) => "others blocked behind the stalled copy".to_string(),
+        };
+        // The access completes once its page is there, and lets a blocked thread go on.
+        let resolved = page.resolve(&head);
+        let result = stalled_access.join().unwrap_or_else(|_| "panicked".into());
+        let _ = others.join();
+        if let Err(e) = resolved {
+            return e;
+        }
+        // The data moved: the read's copy landed, the write reached the BAR.
+        let moved = match access {
+            StalledAccess::BarRead => rd(dev, BAR, STALL_OFF, 8).map(|b| {
+                // SAFETY: the page is resolved and mapped; 8 bytes of it.
+                let copied = unsafe { std::slice::from_raw_parts(buf as *const u8, 8) };
+                b == copied
+            }),
+            StalledAccess::BarWrite => rd(dev, BAR, STALL_OFF, 8).map(|b| b == head),
+            StalledAccess::ConfigWrite => Ok(true),
+        };
+        match moved {
+            Ok(true) => format!("{stalled}, {others_done}, {result}"),
+            Ok(false) => format!("{stalled}, {others_done}, {result}, data not moved"),
+            Err(e) => format!(
+                "{stalled}, {others_done}, {result}, read back: {}",
+                err_name(&e)
+            ),
+        }
+    })
 }
 
 /// The slot-reuse detector: a memfd opened right after the buffer's file was freed, mapped

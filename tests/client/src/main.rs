@@ -21,11 +21,13 @@ mod mixed;
 mod mmap;
 mod p2p;
 mod report;
+mod resetrace;
 mod stress;
 mod sys;
 mod sysfs;
 mod teardown;
 mod uapi;
+mod uffd;
 
 use std::process::ExitCode;
 
@@ -69,7 +71,8 @@ fn main() -> ExitCode {
             backing,
         } => p2p::run_iommufd(&edu, &ivshmem, backing.as_deref()),
         Cmd::Importer { ivshmem, other } => importer::run(&ivshmem, &other),
-        Cmd::Teardown { mode, bdf } => teardown::run(&mode, &bdf),
+        Cmd::Teardown { mode, bdf, slot } => teardown::run(&mode, &bdf, slot.as_deref()),
+        Cmd::ResetRace { bdf, secs } => resetrace::run(&bdf, secs),
         Cmd::Fuzz {
             seed,
             ops,

@@ -904,8 +904,17 @@ fn sec_revoke(
 
 /// A child that touched the mapping before a revoke in the parent SIGBUSes after it.
 fn sec_fork_zap(ck: &mut Ck, dev: &File, sp: &Spot, m: &Map, want: Option<u32>, is_vf: bool) {
-    let addr = m.addr + sp.off;
-    let r = (|| -> Result<(), String> {
+    let r = fork_revoke_zaps_child(dev, m.addr + sp.off, is_vf);
+    ck.both("fork-revoke-zaps-child", verdict_str(&r), r);
+    let v = access_ok(dev, sp, m, want);
+    ck.both("fork-revoke-parent-access-after", verdict_str(&v), v);
+}
+
+/// A forked child reads `addr` of a BAR mapping, the parent turns memory decode off, the child
+/// reads again: it must die of SIGBUS (a VF, whose decode COMMAND.MEM does not control, must
+/// not). Memory decode is on again afterwards.
+pub(crate) fn fork_revoke_zaps_child(dev: &File, addr: u64, is_vf: bool) -> Result<(), String> {
+    (|| -> Result<(), String> {
         let cmd = cfg_get(dev, PCI_COMMAND, 2)?;
         let (ready_r, ready_w) = pipe()?;
         let (go_r, go_w) = pipe()?;
@@ -956,10 +965,7 @@ fn sec_fork_zap(ck: &mut Ck, dev: &File, sp: &Spot, m: &Map, want: Option<u32>, 
                 "the child's access after the revoke succeeded (its mapping was not zapped)".into(),
             ),
         }
-    })();
-    ck.both("fork-revoke-zaps-child", verdict_str(&r), r);
-    let v = access_ok(dev, sp, m, want);
-    ck.both("fork-revoke-parent-access-after", verdict_str(&v), v);
+    })()
 }
 
 // ---- 7. pread/pwrite into the same BAR's mapping -------------------------------------------

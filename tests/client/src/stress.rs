@@ -227,7 +227,7 @@ impl Census {
 }
 
 /// The kernel log, one line per entry.
-fn dmesg() -> Result<Vec<String>, String> {
+pub(crate) fn dmesg() -> Result<Vec<String>, String> {
     let o = Command::new("dmesg")
         .output()
         .map_err(|e| format!("cannot run dmesg: {e}"))?;

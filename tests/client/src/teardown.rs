@@ -1,11 +1,13 @@
-//! `vfio-test teardown unbind|remove EDU_BDF`: the driver goes away from a function that a
+//! `vfio-test teardown unbind|remove EDU_BDF` and `vfio-test teardown unplug EDU_BDF
+//! QEMU_ID`: the driver goes away from a function that a
 //! process still uses, with live state: the device fd open with a BAR mapping, an exported
 //! DMABUF, an MSI vector, an ioeventfd and the REQ eventfd. (edu: its registers have no side
 //! effects worth fearing; no device of the VM with MSI-X has such registers.)
 //!
 //! A forked holder sets the state up; the client then unbinds the function from its driver
 //! (`unbind`, through sysfs) or removes it from the bus (`remove`, as a hot-unplug does from
-//! the PCI core down). Checked, with C's behaviour as the expectation:
+//! the PCI core down), or has QEMU unplug it (`unplug`, see [`unplug`]). Checked, with C's
+//! behaviour as the expectation:
 //!
 //! - `setup`: the holder's state is in place, and the ioeventfd writes its data to BAR0;
 //! - `req-signalled`: the driver asks for the device back through REQ;
@@ -56,6 +58,28 @@ const CHECKS_REMOVE: &[&str] = &[
     "rescan",
     "rebind",
 ];
+const CHECKS_UNPLUG: &[&str] = &[
+    "setup",
+    "qmp-device-del",
+    "req-signalled",
+    "removal-waits",
+    "mapping-live",
+    "kill-releases",
+    "replug",
+    "rebind",
+];
+
+/// How the function is taken away.
+#[derive(PartialEq, Eq)]
+enum Mode {
+    /// Through its driver's sysfs `unbind`.
+    Unbind,
+    /// Through its sysfs `remove`, as the PCI core removes a function.
+    Remove,
+    /// By QEMU: `device_del` of the device at QEMU id `slot` (a PCIe hot-unplug through the
+    /// guest's pciehp), then `device_add` of the same device.
+    Unplug(String),
+}
 
 const BAR0: u32 = 0;
 const MAP_LEN: usize = 4096;
@@ -341,6 +365,55 @@ fn expect_ok(what: &str, got: String) -> Result<(), String> {
     }
 }
 
+/// Sends `request` (`device_del ID` or `device_add ID`) to QEMU's monitor through the host
+/// (scripts/vm.sh watches `$VFIO_TEST_QMP_DIR/qmp-request`); returns QEMU's answer.
+fn qmp(request: &str) -> Result<String, String> {
+    let dir = std::env::var("VFIO_TEST_QMP_DIR")
+        .map_err(|_| "VFIO_TEST_QMP_DIR is not set (not in scripts/vm.sh's VM?)".to_string())?;
+    let dir = std::path::Path::new(&dir);
+    let reply = dir.join("qmp-reply");
+    let _ = std::fs::remove_file(&reply);
+    std::fs::write(dir.join("qmp-request"), request)
+        .map_err(|e| format!("qmp-request: {}", err_name(&e)))?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(s) = std::fs::read_to_string(&reply) {
+            let _ = std::fs::remove_file(&reply);
+            return Ok(s);
+        }
+        if Instant::now() > deadline {
+            return Err(format!("no answer to {request:?} from the host in 20 s"));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `qmp(request)`, succeeding when the HMP command printed nothing (as HMP does on success).
+fn qmp_ok(request: &str) -> Result<(), String> {
+    let reply = qmp(request)?;
+    if reply.contains(r#"{"return": ""}"#) {
+        Ok(())
+    } else {
+        Err(format!("{request}: {}", reply.trim().replace('\n', " | ")))
+    }
+}
+
+/// Waits up to `limit` for `path` to exist (`present`) or not.
+fn wait_path(path: &std::path::Path, present: bool, limit: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + limit;
+    while path.exists() != present {
+        if Instant::now() > deadline {
+            return Err(format!(
+                "{} {} after {limit:?}",
+                path.display(),
+                if present { "absent" } else { "still there" }
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
+
 /// Binds `bdf` to `driver` again and checks that BAR0 works.
 fn rebind(bdf: &str, driver: &str) -> Result<(), String> {
     sysfs::bind(bdf, driver).map_err(|e| format!("bind: {e}"))?;
@@ -355,7 +428,7 @@ fn rebind(bdf: &str, driver: &str) -> Result<(), String> {
     }
 }
 
-fn checks(p: &mut Phase, bdf: &str, driver: &str, remove: bool) -> Result<(), Stop> {
+fn checks(p: &mut Phase, bdf: &str, driver: &str, mode: &Mode) -> Result<(), Stop> {
     let (req, mut holder) = p.step(
         "setup",
         (|| {
@@ -368,6 +441,10 @@ fn checks(p: &mut Phase, bdf: &str, driver: &str, remove: bool) -> Result<(), St
         })(),
     )?;
     let sysfs_dir = sysfs::device_dir(bdf);
+    if let Mode::Unplug(slot) = mode {
+        return unplug(p, bdf, driver, slot, &req, holder);
+    }
+    let remove = *mode == Mode::Remove;
     let rx = if remove {
         sysfs_write_async(sysfs_dir.join("remove").display().to_string(), "1".into())
     } else {
@@ -435,15 +512,89 @@ fn checks(p: &mut Phase, bdf: &str, driver: &str, remove: bool) -> Result<(), St
     Ok(())
 }
 
-/// Runs the teardown of `mode` (`unbind` or `remove`) on edu `bdf`, bound to a VFIO
-/// driver; leaves it bound to that driver again.
-pub fn run(mode: &str, bdf: &str) -> ExitCode {
+/// The hot-unplug: QEMU's `device_del` presses the slot's attention button, the guest's
+/// pciehp removes the function after its 5 s delay (the removal waits for the holder, as
+/// `remove` does); killing the holder lets it finish, QEMU then drops the device, and
+/// `device_add` plugs the same device in again, which pciehp enumerates.
+fn unplug(
+    p: &mut Phase,
+    bdf: &str,
+    driver: &str,
+    slot: &str,
+    req: &OwnedFd,
+    mut holder: Holder,
+) -> Result<(), Stop> {
+    let sysfs_dir = sysfs::device_dir(bdf);
+    p.step("qmp-device-del", qmp_ok(&format!("device_del {slot}")))?;
+    p.result(
+        "req-signalled",
+        if readable(req.as_raw_fd(), Duration::from_secs(20)) {
+            Ok(())
+        } else {
+            Err("no REQ within 20 s of device_del".into())
+        },
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    p.result(
+        "removal-waits",
+        if sysfs_dir.exists() {
+            Ok(())
+        } else {
+            Err("the function is gone while the device is in use".into())
+        },
+    );
+    p.result("mapping-live", expect_ok("touch", holder.ask("touch")));
+    // SAFETY: kills our own child, not reaped yet.
+    unsafe { libc::kill(holder.pid, libc::SIGKILL) };
+    let st = holder.wait();
+    p.result(
+        "kill-releases",
+        wait_path(&sysfs_dir, false, Duration::from_secs(20)).and_then(|()| {
+            if st == format!("signal {}", libc::SIGKILL) {
+                Ok(())
+            } else {
+                Err(format!("holder: {st}"))
+            }
+        }),
+    );
+    p.result(
+        "replug",
+        (|| {
+            // QEMU drops the device once the guest powered the slot off: until then the id
+            // is taken.
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                match qmp_ok(&format!("device_add {slot}")) {
+                    Ok(()) => break,
+                    Err(e) if Instant::now() > deadline => return Err(e),
+                    Err(_) => std::thread::sleep(Duration::from_millis(500)),
+                }
+            }
+            wait_path(&sysfs_dir, true, Duration::from_secs(20))
+        })(),
+    );
+    p.result("rebind", rebind(bdf, driver));
+    Ok(())
+}
+
+/// Runs the teardown of `mode` (`unbind`, `remove` or `unplug` with the function's QEMU
+/// device id `slot`) on edu `bdf`, bound to a VFIO driver; leaves it bound to that driver
+/// again.
+pub fn run(mode: &str, bdf: &str, slot: Option<&str>) -> ExitCode {
     let mut rep = Reporter::stdout();
     let driver = driver_name(bdf);
-    let remove = mode == "remove";
-    let names = if remove { CHECKS_REMOVE } else { CHECKS_UNBIND };
-    let mut p = Phase::new(&mut rep, format!("teardown {driver} {mode}"), names);
-    let r = checks(&mut p, bdf, &driver, remove);
+    let mode = match (mode, slot) {
+        ("remove", _) => Mode::Remove,
+        ("unplug", Some(slot)) => Mode::Unplug(slot.to_string()),
+        _ => Mode::Unbind,
+    };
+    let (names, name) = match &mode {
+        Mode::Unbind => (CHECKS_UNBIND, "unbind"),
+        Mode::Remove => (CHECKS_REMOVE, "remove"),
+        Mode::Unplug(_) => (CHECKS_UNPLUG, "unplug"),
+    };
+    let mut p = Phase::new(&mut rep, format!("teardown {driver} {name}"), names);
+    let r = checks(&mut p, bdf, &driver, &mode);
     p.finish(r);
     rep.finish()
 }
