@@ -12,13 +12,15 @@
 #   make install KDIR=/path/to/linux-7.3   place the driver into your own tree
 #   make check         rustfmt, clippy and checkpatch
 #   make standalone    a second kernel without the C vfio-pci, booted once (not in make test)
+#   make sanitize      the sanitizer kernel (KASAN, kmemleak, ...): tests, stress, fuzzer (not in make test)
+#   make soak          the race stress for 10 minutes per driver on the sanitizer kernel (not in make test)
 #
 # KDIR=/path uses your own 7.3 tree instead of the cached one.
 
 SHELL := /bin/bash
 export KDIR
 
-.PHONY: all deps kernel install client test run vm check kunit clean-cache bench fuzz standalone qemu-p2p
+.PHONY: all deps kernel install client test run vm check kunit clean-cache bench fuzz standalone qemu-p2p sanitize soak
 
 all: kernel
 
@@ -48,6 +50,12 @@ fuzz:
 
 standalone:
 	@scripts/standalone.sh
+
+sanitize:
+	@scripts/sanitize.sh sanitize
+
+soak:
+	@scripts/sanitize.sh soak
 
 qemu-p2p:
 	@scripts/qemu-p2p.sh

@@ -8,11 +8,20 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 KDIR_USER=$VFIO_PCI_RS_USER_KDIR
 # VFIO_PCI_RS_STANDALONE=1 (make standalone): the kernel without the C vfio-pci, in a tree
 # and build of its own; config/vfio-pci-rs-standalone.config is merged after the fragment.
+# VFIO_PCI_RS_SANITIZE=1 (make sanitize, make soak): the kernel with KASAN, kmemleak,
+# DEBUG_OBJECTS and UBSAN (config/vfio-pci-rs-sanitize.config), also in a tree of its own.
 VFIO_PCI_RS_STANDALONE=${VFIO_PCI_RS_STANDALONE:-0}
+VFIO_PCI_RS_SANITIZE=${VFIO_PCI_RS_SANITIZE:-0}
 FRAGMENTS=("$REPO/config/vfio-pci-rs.config")
-if [ "$VFIO_PCI_RS_STANDALONE" = 1 ]; then
+if [ "$VFIO_PCI_RS_STANDALONE" = 1 ] && [ "$VFIO_PCI_RS_SANITIZE" = 1 ]; then
+	echo "VFIO_PCI_RS_STANDALONE and VFIO_PCI_RS_SANITIZE are two different kernels" >&2
+	exit 1
+elif [ "$VFIO_PCI_RS_STANDALONE" = 1 ]; then
 	KDIR=${KDIR_USER:-$CACHE/linux-standalone}
 	FRAGMENTS+=("$REPO/config/vfio-pci-rs-standalone.config")
+elif [ "$VFIO_PCI_RS_SANITIZE" = 1 ]; then
+	KDIR=${KDIR_USER:-$CACHE/linux-sanitize}
+	FRAGMENTS+=("$REPO/config/vfio-pci-rs-sanitize.config")
 else
 	KDIR=${KDIR_USER:-$CACHE/linux}
 fi
