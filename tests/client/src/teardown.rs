@@ -573,7 +573,32 @@ fn unplug(
             wait_path(&sysfs_dir, true, Duration::from_secs(20))
         })(),
     );
-    p.result("rebind", rebind(bdf, driver));
+    // A function that has just been enumerated may still be settling (udev, the driver core's
+    // own probe): one run in a full boot saw VFIO_GROUP_GET_DEVICE_FD fail with ENODEV right
+    // after a successful bind to vfio-pci. Tries again for up to 2 s, saying so, and reports
+    // the kernel log's lines about the function if it never works.
+    let mut r = rebind(bdf, driver);
+    let mut tries = 1;
+    while r.is_err() && tries < 10 {
+        std::thread::sleep(Duration::from_millis(200));
+        r = rebind(bdf, driver);
+        tries += 1;
+    }
+    if tries > 1 {
+        p.note(&format!("rebind after replug took {tries} attempts"));
+    }
+    p.result(
+        "rebind",
+        r.map_err(|e| {
+            let log = std::process::Command::new("dmesg")
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
+            let about: Vec<&str> = log.lines().filter(|l| l.contains(bdf)).collect();
+            let tail = about[about.len().saturating_sub(8)..].join(" | ");
+            format!("{e} (after {tries} attempts; dmesg: {tail})")
+        }),
+    );
     Ok(())
 }
 
