@@ -7,6 +7,7 @@
 #   make vm CMD='...'  boot the test VM and run CMD as root
 #   make bench         fault/revoke/ioctl benchmark, vfio-pci vs vfio-pci-rs (not in make test)
 #   make fuzz          seeded device-fd fuzzer, vfio-pci vs vfio-pci-rs op by op (not in make test)
+#   make selftests     the kernel's VFIO selftests boot alone, vfio_pci_driver_test in all five IOMMU modes
 #   make qemu-p2p      QEMU 11.1 and 10.0 as peer-to-peer clients on both drivers (not in make test)
 #   make kernel        install the driver into the tree and build it
 #   make install KDIR=/path/to/linux-7.3   place the driver into your own tree
@@ -20,7 +21,7 @@
 SHELL := /bin/bash
 export KDIR
 
-.PHONY: all deps kernel install client test run vm check kunit clean-cache bench fuzz standalone qemu-p2p sanitize soak
+.PHONY: all deps kernel install client test run vm check kunit clean-cache bench fuzz standalone qemu-p2p sanitize soak selftests
 
 all: kernel
 
@@ -56,6 +57,9 @@ sanitize:
 
 soak:
 	@scripts/sanitize.sh soak
+
+selftests: kernel client
+	@scripts/selftests.sh && scripts/selftests-boot.sh
 
 qemu-p2p:
 	@scripts/qemu-p2p.sh

@@ -44,13 +44,15 @@ stage client-unit bash -c "set -o pipefail; cd '$REPO/tests/client' && cargo tes
 results=$(mktemp -d)
 alt_cache=$(mktemp -d /tmp/vfio-pci-rs-xdg.XXXXXX)
 trap 'rm -rf "$results" "$alt_cache"' EXIT
+# boot NAME PROGRAM ARGS...: PROGRAM boots the VM (vm.sh CMD, or a script that ends in it).
 boot() {
 	local name=$1 status
-	"$here/vm.sh" "$2" | tee "$results/$name"
+	shift
+	"$@" | tee "$results/$name"
 	status=${PIPESTATUS[0]}
 	if [ "$status" = 75 ]; then
 		log "the VM stalled before the tests finished; booting it once more"
-		"$here/vm.sh" "$2" | tee "$results/$name"
+		"$@" | tee "$results/$name"
 		status=${PIPESTATUS[0]}
 	fi
 	return "$status"
@@ -60,7 +62,7 @@ case "$STRESS_SECS" in '' | *[!0-9]*) die "STRESS_SECS must be a number of secon
 set +e
 vm_start=$SECONDS
 # The kernel is built with CONFIG_VFIO_PCI_RUST_IGD_TEST (config/vfio-pci-rs.config).
-boot main 'VFIO_TEST_IGD_REGIONS=1 bash tests/guest/run-tests.sh'
+boot main "$here/vm.sh" 'VFIO_TEST_IGD_REGIONS=1 bash tests/guest/run-tests.sh'
 status=$?
 stages+=("vm (KUnit + integration): $((SECONDS - vm_start)) s")
 # The race stress (issue 4) in a boot of its own: STRESS_SECS per driver. It runs with the
@@ -71,30 +73,23 @@ vm_start=$SECONDS
 (
 	unset VFIO_PCI_RS_CACHE
 	export XDG_CACHE_HOME=$alt_cache VFIO_PCI_RS_USER_KDIR=$KDIR
-	boot stress "STRESS_SECS=$STRESS_SECS bash tests/guest/stress.sh"
+	boot stress "$here/vm.sh" "STRESS_SECS=$STRESS_SECS bash tests/guest/stress.sh"
 )
 stress_status=$?
 [ "$status" != 0 ] || status=$stress_status
 stages+=("vm (race stress): $((SECONDS - vm_start)) s")
-# The kernel's VFIO selftests in a boot of their own. The knobs go into the guest's command;
-# vfio_pci_driver_test on igb alone takes ~10 min per driver under TCG, hence the timeout.
-# vfio_dma_mapping_test's 1 GiB hugetlb variants need a 1 GiB page, which only a boot-time
-# reservation finds (at runtime no aligned GiB is free); 3 GiB so that the rest of the boot
-# has room besides it (the guest script frees it after that program).
-st_cmd=
-for v in SELFTEST_DRIVERS SELFTEST_DEVICES SELFTEST_TESTS SELFTEST_ARGS SELFTEST_HUGEPAGES; do
-	[ -z "${!v+set}" ] || st_cmd+=" $v=$(printf %q "${!v}")"
-done
+# The kernel's VFIO selftests in a boot of their own (scripts/selftests-boot.sh), with
+# vfio_pci_driver_test in one IOMMU mode of its five: all five take 40 minutes on a slow host,
+# `make selftests` runs them.
+export SELFTEST_DRIVER_TEST_ARGS=${SELFTEST_DRIVER_TEST_ARGS--v iommufd}
 vm_start=$SECONDS
-VM_TIMEOUT=${SELFTEST_VM_TIMEOUT:-5400} VM_MEMORY=${SELFTEST_VM_MEMORY:-3G} \
-	VM_APPEND="hugepagesz=1G hugepages=1" \
-	boot selftests "$st_cmd bash tests/guest/selftests.sh"
+boot selftests "$here/selftests-boot.sh"
 st_status=$?
 [ "$status" != 0 ] || status=$st_status
 stages+=("vm (VFIO selftests): $((SECONDS - vm_start)) s")
 # QEMU as a VFIO client (nested QEMU, TCG) in a boot of its own.
 vm_start=$SECONDS
-boot qemu "$p2p_cmd QEMU_NESTED_LINUX=$QEMU_NESTED_LINUX bash tests/guest/qemu-client.sh"
+boot qemu "$here/vm.sh" "$p2p_cmd QEMU_NESTED_LINUX=$QEMU_NESTED_LINUX bash tests/guest/qemu-client.sh"
 qemu_status=$?
 [ "$status" != 0 ] || status=$qemu_status
 stages+=("vm (QEMU client): $((SECONDS - vm_start)) s")

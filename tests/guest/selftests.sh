@@ -11,6 +11,8 @@
 #   SELFTEST_DEVICES  twins of devices.sh     (default: igb edu)
 #   SELFTEST_TESTS    programs to run         (default: the six below)
 #   SELFTEST_ARGS     extra harness arguments, e.g. '-v iommufd' or '-t reset'
+#   SELFTEST_DRIVER_TEST_ARGS  more of them for vfio_pci_driver_test alone (make test: '-v
+#                     iommufd', one IOMMU mode of five; unset: all five)
 #   SELFTEST_HUGEPAGES=0  do not reserve hugetlb pages (their cases then SKIP)
 #   SELFTESTS_DIR     where the programs are  (scripts/vm.sh sets it: the cache's selftests/vfio)
 set -u
@@ -23,13 +25,14 @@ read -ra drivers <<< "${SELFTEST_DRIVERS:-vfio-pci vfio-pci-rs}"
 read -ra devices <<< "${SELFTEST_DEVICES:-igb edu}"
 read -ra tests <<< "${SELFTEST_TESTS:-vfio_pci_device_test vfio_dma_mapping_test vfio_dma_mapping_mmio_test vfio_iommufd_setup_test vfio_pci_driver_test vfio_pci_sriov_uapi_test}"
 read -ra harness_args <<< "${SELFTEST_ARGS:-}"
+read -ra driver_test_args <<< "${SELFTEST_DRIVER_TEST_ARGS:-}"
 REF=vfio-pci
 
 . tests/guest/report.sh
 
 # Bound for one program run. The harness bounds each case itself (30 s, memcpy_storm 60 s,
 # both times the scale scripts/selftests.sh built with); this only catches a program stuck
-# outside a case. vfio_pci_driver_test on igb under TCG takes about 600 s.
+# outside a case. vfio_pci_driver_test on igb under TCG takes 600 to 1300 s in all five modes.
 prog_timeout() {
 	case "$1" in
 	vfio_pci_driver_test) echo 3600 ;;
@@ -94,6 +97,8 @@ run_one() {
 	) &
 	local beat=$!
 	local prog=$test
+	local -a args=("${harness_args[@]}")
+	[ "$test" != vfio_pci_driver_test ] || args+=("${driver_test_args[@]}")
 	# The copies scripts/selftests.sh built for vfio-pci-rs, with one assertion changed.
 	if [ "$drv" = vfio-pci-rs ]; then
 		case $test in
@@ -107,7 +112,7 @@ run_one() {
 			;;
 		esac
 	fi
-	timeout -k 10 "$(prog_timeout "$test")" "$ST/$prog" "${harness_args[@]}" "$bdf" 2>&1 | stamp "$log"
+	timeout -k 10 "$(prog_timeout "$test")" "$ST/$prog" "${args[@]}" "$bdf" 2>&1 | stamp "$log"
 	rc=${PIPESTATUS[0]}
 	kill "$beat"
 	wait "$beat" 2>/dev/null
@@ -158,6 +163,7 @@ echo "# drivers: ${drivers[*]}; devices: ${devices[*]}; tests: ${tests[*]}"
 grep -qw pdpe1gb /proc/cpuinfo || echo "# guest CPU lacks pdpe1gb: the 1 GiB hugetlb variants will SKIP"
 echo "# harness per-case timeouts x$(cat "$ST/timeout-scale" 2>/dev/null || echo "1 (no $ST/timeout-scale)") (scripts/selftests.sh)"
 [ ${#harness_args[@]} = 0 ] || echo "# harness arguments: ${harness_args[*]}"
+[ ${#driver_test_args[@]} = 0 ] || echo "# vfio_pci_driver_test's harness arguments: ${driver_test_args[*]}"
 for t in "${tests[@]}"; do
 	[ -x "$ST/$t" ] || { bad "selftest $t: $ST/$t not built (scripts/selftests.sh)"; }
 done
