@@ -208,7 +208,7 @@ fn stalled_copy(dev: &File, cmd0: u32, access: StalledAccess) -> String {
         Err(e) => return e,
     };
     let fd = dev.as_raw_fd();
-    let buf = page.addr;
+    let buf = page.addr();
     let len = access.len();
     let (write, off) = match access {
         StalledAccess::BarRead => (false, region_offset(BAR, STALL_OFF)),

@@ -87,7 +87,7 @@ impl Drop for Map {
 
 /// mmap(2) of `fd` (`PROT_READ|PROT_WRITE` unless `prot` says otherwise), anywhere, or at
 /// `at` (MAP_FIXED inside a [`Reserve`]).
-fn map_fd(
+pub(crate) fn map_fd(
     fd: RawFd,
     at: Option<u64>,
     len: u64,

@@ -319,15 +319,25 @@ impl Holder {
             format!("signal {}", libc::WTERMSIG(status))
         }
     }
+
+    /// Kills the holder and reaps it: Ok if SIGKILL is what ended it.
+    fn kill(&mut self) -> Result<(), String> {
+        // SAFETY: kills our own child, not reaped yet (`wait` has not run: `pid` is set).
+        unsafe { libc::kill(self.pid, libc::SIGKILL) };
+        let st = self.wait();
+        if st == format!("signal {}", libc::SIGKILL) {
+            Ok(())
+        } else {
+            Err(format!("holder: {st}"))
+        }
+    }
 }
 
 impl Drop for Holder {
     /// A holder a failed check left behind is killed, so the removal can finish.
     fn drop(&mut self) {
         if self.pid > 0 {
-            // SAFETY: kills our own child, not reaped yet.
-            unsafe { libc::kill(self.pid, libc::SIGKILL) };
-            self.wait();
+            let _ = self.kill();
         }
     }
 }
@@ -464,18 +474,10 @@ fn checks(p: &mut Phase, bdf: &str, driver: &str, mode: &Mode) -> Result<(), Sto
     p.result("removal-waits", pending(&rx, Duration::from_millis(500)));
     p.result("mapping-live", expect_ok("touch", holder.ask("touch")));
     if remove {
-        // SAFETY: kills our own child, not reaped yet.
-        unsafe { libc::kill(holder.pid, libc::SIGKILL) };
-        let st = holder.wait();
+        let killed = holder.kill();
         p.result(
             "kill-releases",
-            finished(&rx, Duration::from_secs(10)).and_then(|()| {
-                if st == format!("signal {}", libc::SIGKILL) {
-                    Ok(())
-                } else {
-                    Err(format!("holder: {st}"))
-                }
-            }),
+            finished(&rx, Duration::from_secs(10)).and(killed),
         );
         p.result(
             "rescan",
@@ -544,18 +546,10 @@ fn unplug(
         },
     );
     p.result("mapping-live", expect_ok("touch", holder.ask("touch")));
-    // SAFETY: kills our own child, not reaped yet.
-    unsafe { libc::kill(holder.pid, libc::SIGKILL) };
-    let st = holder.wait();
+    let killed = holder.kill();
     p.result(
         "kill-releases",
-        wait_path(&sysfs_dir, false, Duration::from_secs(20)).and_then(|()| {
-            if st == format!("signal {}", libc::SIGKILL) {
-                Ok(())
-            } else {
-                Err(format!("holder: {st}"))
-            }
-        }),
+        wait_path(&sysfs_dir, false, Duration::from_secs(20)).and(killed),
     );
     p.result(
         "replug",

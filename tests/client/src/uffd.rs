@@ -8,6 +8,7 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::Duration;
 
+use crate::mmap::{map_fd, Map};
 use crate::uapi::ioc;
 
 const UFFD_API: u64 = 0xaa;
@@ -73,8 +74,7 @@ pub const PAGE: u64 = 4096;
 /// One missing anonymous page registered with a new userfaultfd.
 pub struct StallPage {
     uffd: OwnedFd,
-    /// The page's address; unmapped on drop.
-    pub addr: u64,
+    page: Map,
 }
 
 fn last_err(what: &str) -> String {
@@ -94,6 +94,11 @@ fn uffd_ioctl<T>(fd: &OwnedFd, request: u32, arg: &mut T) -> Result<(), String> 
 }
 
 impl StallPage {
+    /// The page's address.
+    pub fn addr(&self) -> u64 {
+        self.page.addr
+    }
+
     /// A fresh page whose first access, by the user or a kernel copy, waits for
     /// [`StallPage::resolve`].
     pub fn new() -> Result<StallPage, String> {
@@ -110,26 +115,18 @@ impl StallPage {
             ..Default::default()
         };
         uffd_ioctl(&uffd, UFFDIO_API, &mut api)?;
-        // SAFETY: a new anonymous private mapping of one page; unmapped on drop.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                PAGE as usize,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(last_err("mmap"));
-        }
-        let page = StallPage {
-            uffd,
-            addr: p as u64,
-        };
+        let page = map_fd(
+            -1,
+            None,
+            PAGE,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            0,
+        )
+        .map_err(|e| format!("mmap: {}", crate::sys::err_name(&e)))?;
+        let page = StallPage { uffd, page };
         let mut reg = UffdioRegister {
-            start: page.addr,
+            start: page.addr(),
             len: PAGE,
             mode: UFFDIO_REGISTER_MODE_MISSING,
             ioctls: 0,
@@ -160,7 +157,7 @@ impl StallPage {
             return Err(last_err("read userfaultfd"));
         }
         let addr = u64::from_ne_bytes(msg[16..24].try_into().unwrap());
-        if msg[0] != UFFD_EVENT_PAGEFAULT || addr & !(PAGE - 1) != self.addr {
+        if msg[0] != UFFD_EVENT_PAGEFAULT || addr & !(PAGE - 1) != self.addr() {
             return Err(format!("unexpected event {:#x} at {addr:#x}", msg[0]));
         }
         Ok(true)
@@ -171,20 +168,13 @@ impl StallPage {
         let mut src = vec![0u8; PAGE as usize];
         src[..head.len()].copy_from_slice(head);
         let mut copy = UffdioCopy {
-            dst: self.addr,
+            dst: self.addr(),
             src: src.as_ptr() as u64,
             len: PAGE,
             mode: 0,
             copy: 0,
         };
         uffd_ioctl(&self.uffd, UFFDIO_COPY, &mut copy)
-    }
-}
-
-impl Drop for StallPage {
-    fn drop(&mut self) {
-        // SAFETY: the mapping made in `new`; nothing refers to it once the page is dropped.
-        unsafe { libc::munmap(self.addr as *mut libc::c_void, PAGE as usize) };
     }
 }
 
