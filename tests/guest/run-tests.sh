@@ -100,19 +100,22 @@ lifecycle vfio-pci vfio_pci "${edu%,*}"
 lifecycle vfio-pci-rs vfio_pci_rs "${edu#*,}"
 
 echo "== teardown with live state"
-# Each driver on its edu: unbind, removal from the bus, and a PCIe hot-unplug by QEMU's
-# device_del (the QEMU id is slotN for the function on bus N, scripts/vm.sh) of a function
-# that a process uses (BAR mapping, exported DMABUF, MSI, ioeventfd, REQ); then rescan or
-# device_add, and bind again.
-for drv in vfio-pci vfio-pci-rs; do
-	if [ "$drv" = vfio-pci ]; then b=${edu%,*}; else b=${edu#*,}; fi
-	for mode in unbind remove unplug; do
-		slot=
-		[ "$mode" != unplug ] || slot=slot$((16#${b:5:2}))
-		"$CLIENT" bind "$b" "$drv" > /dev/null || { bad "teardown $drv $mode: bind $b"; continue; }
-		"$CLIENT" teardown "$mode" "$b" $slot 2>&1 | tee "/tmp/teardown-$drv-$mode.out"
-		add_summary "/tmp/teardown-$drv-$mode.out" "teardown $drv $mode"
-		"$CLIENT" unbind "$b" > /dev/null
+# Each driver on its edu (MSI) and igb (MSI-X): unbind, removal from the bus, rmmod, and a
+# PCIe hot-unplug by QEMU's device_del (the QEMU id is slotN for the function on bus N,
+# scripts/vm.sh) of a function that a process uses (BAR mapping, exported DMABUF, MSI or
+# MSI-X, ioeventfd, REQ); then rescan, modprobe or device_add, and bind again.
+igb=${TWINS[3]#*=}
+for twin in "$edu" "$igb"; do
+	for drv in vfio-pci vfio-pci-rs; do
+		if [ "$drv" = vfio-pci ]; then b=${twin%,*}; else b=${twin#*,}; fi
+		for mode in unbind remove rmmod unplug; do
+			slot=
+			[ "$mode" != unplug ] || slot=slot$((16#${b:5:2}))
+			"$CLIENT" bind "$b" "$drv" > /dev/null || { bad "teardown $drv $mode: bind $b"; continue; }
+			"$CLIENT" teardown "$mode" "$b" $slot 2>&1 | tee "/tmp/teardown-$b-$mode.out"
+			add_summary "/tmp/teardown-$b-$mode.out" "teardown $drv $mode $b"
+			"$CLIENT" unbind "$b" > /dev/null
+		done
 	done
 done
 
@@ -201,7 +204,6 @@ else
 	bad "module parameters: vfio_pci_rs: $param_rs"
 fi
 # igb: pci-testdev and edu have no PM capability, so they stay in D0 either way.
-igb=${TWINS[3]#*=}
 # idle_state DRV MOD BDF VALUE: the power state of BDF bound to DRV after MOD's
 # disable_idle_d3 was set to VALUE.
 idle_state() {

@@ -27,9 +27,15 @@ if [ -n "${SANITIZE_CONFIG:-}" ]; then
 fi
 mountpoint -q /sys/kernel/debug || mount -t debugfs none /sys/kernel/debug
 [ -e "$KMEMLEAK" ] && ok "kmemleak is on" || bad "no $KMEMLEAK"
-# What the boot reported before any test ran: those reports are nobody's test's.
+# What the boot reported before any test ran: those reports are nobody's test's. They are
+# listed here; the tests' health checks count only the log after them, and skip the lockdep
+# check if such a report already turned lockdep off.
 grep -E '^ *debug_locks:' /proc/lockdep_stats | sed 's/^ */# at start: lockdep /'
 boot_lines=$(dmesg | wc -l)
+export VFIO_TEST_DMESG_FROM=$((boot_lines + 1))
+grep -qE '^ *debug_locks: +1$' /proc/lockdep_stats || export VFIO_TEST_LOCKDEP_OFF_AT_START=1
+dmesg -t | grep -nE '^(BUG: KASAN|UBSAN:|ODEBUG:|WARNING:)' | sed 's/^/# at boot: /'
+dmesg -t | awk '/^BUG: KASAN/ { n = 40 } n > 0 { print "# at boot:   " $0; n-- }' | head -n 80
 [ -e "$KMEMLEAK" ] && echo clear > "$KMEMLEAK"
 
 # run PART CMD...: a part of the boot, counted from its `N passed, N failed` line.

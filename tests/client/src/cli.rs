@@ -39,12 +39,16 @@ usage:
       test module dma-buf-importer-test: attach refusals, map for ivshmem itself, invalidation
       on revoke and close, ENODEV while revoked, EINVAL for OTHER_BDF (no P2P path);
       PASS/FAIL lines, `N passed, N failed`; exit 1 if any failed
-  vfio-test teardown unbind|remove EDU_BDF
-      a forked holder opens edu (bound to a VFIO driver) with a BAR0 mapping, an exported
-      DMABUF, an MSI vector, an ioeventfd and REQ; then the function is unbound (the
-      holder closes its fds, then unmaps) or removed from the bus (the holder is killed, then
-      a rescan brings it back): REQ is signalled, the removal waits for the last user, the
-      function binds and works again; PASS/FAIL lines, `N passed, N failed`
+  vfio-test teardown unbind|remove|rmmod BDF | unplug BDF QEMU_ID
+      a forked holder opens an edu or igb (bound to a VFIO driver) with a BAR0 mapping, an
+      exported DMABUF, MSI (edu) or 4 MSI-X vectors (igb), an ioeventfd and REQ; then the
+      function is unbound (the holder closes its fds, then unmaps), removed from the bus
+      (the holder is killed, then a rescan brings it back) or unplugged by QEMU's
+      device_del QEMU_ID (the holder is killed, then device_add plugs it back): REQ is
+      signalled, the removal waits for the last user, the function binds and works again;
+      or (rmmod) the driver's module is refused while the device is open or mapped, the
+      DMABUF's exporter module while the DMABUF lives, and unloads after; PASS/FAIL lines,
+      `N passed, N failed`
   vfio-test reset-race BDF [SECS]
       on a function with ATS bound to a VFIO driver: SECS seconds (default 15) of
       VFIO_DEVICE_RESET, BAR faults and memory-decode toggles at once, then lockdep still
@@ -421,7 +425,7 @@ pub fn parse(args: &[String]) -> Result<Cmd, String> {
         }
         "teardown" => {
             return match &args[1..] {
-                [mode, bdf] if mode == "unbind" || mode == "remove" => Ok(Cmd::Teardown {
+                [mode, bdf] if ["unbind", "remove", "rmmod"].contains(&mode.as_str()) => Ok(Cmd::Teardown {
                     mode: mode.clone(),
                     bdf: parse_bdf(bdf)?,
                     slot: None,
@@ -432,7 +436,7 @@ pub fn parse(args: &[String]) -> Result<Cmd, String> {
                     slot: Some(slot.clone()),
                 }),
                 _ => Err(
-                    "teardown takes unbind|remove EDU_BDF, or unplug EDU_BDF QEMU_ID".to_string(),
+                    "teardown takes unbind|remove|rmmod BDF, or unplug BDF QEMU_ID (BDF: an edu or an igb)".to_string(),
                 ),
             };
         }
@@ -560,7 +564,12 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+        assert!(matches!(
+            parse(&args(&["teardown", "rmmod", "01:00.0"])),
+            Ok(Cmd::Teardown { ref mode, .. }) if mode == "rmmod"
+        ));
         assert!(parse(&args(&["teardown", "unplug", "01:00.0"])).is_err());
+        assert!(parse(&args(&["teardown", "rmmod", "01:00.0", "slot1"])).is_err());
         assert!(parse(&args(&["teardown", "unbind"])).is_err());
         match parse(&args(&["reset-race", "0e:00.0", "3"])).unwrap() {
             Cmd::ResetRace { bdf, secs } => {

@@ -1054,6 +1054,31 @@ pub fn classify(op: &Op, c: &str, rs: &str) -> Verdict {
     }
 }
 
+/// The physical interrupt state of `bdf` from its sysfs config: COMMAND's INTx disable,
+/// STATUS's interrupt bit (the INTx pin as the function drives it) and MSI enable.
+fn phys_irq_state(bdf: &str) -> String {
+    let Ok(cfg) = std::fs::read(crate::sysfs::device_dir(bdf).join("config")) else {
+        return "unreadable".into();
+    };
+    let word = |at: usize| u16::from_le_bytes([cfg[at], cfg[at + 1]]);
+    let mut msi = "none".to_string();
+    let mut cap = usize::from(cfg[0x34] & !3);
+    let mut hops = 0;
+    while cap >= 0x40 && cap + 4 <= cfg.len() && hops < 48 {
+        if cfg[cap] == 0x05 {
+            msi = format!("{}", word(cap + 2) & 1);
+            break;
+        }
+        cap = usize::from(cfg[cap + 1] & !3);
+        hops += 1;
+    }
+    format!(
+        "intx_disable={} intx_pin={} msi_enable={msi}",
+        (word(0x04) >> 10) & 1,
+        (word(0x06) >> 3) & 1
+    )
+}
+
 /// `hex` of `data` read at `off`, with the bytes `mask` marks (indexed from 0) as `..`.
 pub fn masked_hex(data: &[u8], off: u64, mask: &[bool]) -> String {
     data.iter()
@@ -1796,6 +1821,10 @@ pub fn fuzz_twin(
         Default::default();
     let start = Instant::now();
     let mut last_progress = Instant::now();
+    // FUZZ_TRACE_PHYS=1 with --replay: each device's physical INTx and MSI state after each
+    // printed op, whenever it changes (to find where the twins' interrupt pins part).
+    let trace_phys = replay.is_some() && std::env::var_os("FUZZ_TRACE_PHYS").is_some();
+    let mut phys_last = (String::new(), String::new());
     for i in 0..n {
         let op = gen_op(seed, i, &ctx.profile);
         let t0 = Instant::now();
@@ -1816,6 +1845,13 @@ pub fn fuzz_twin(
             println!("op {i} {mark}: {}", op.describe());
             println!("  c={oc}");
             println!("  rs={ors}");
+        }
+        if trace_phys && i >= from {
+            let now = (phys_irq_state(&twin.bdf_c), phys_irq_state(&twin.bdf_rs));
+            if now != phys_last {
+                println!("phys op {i}: c {} | rs {}", now.0, now.1);
+                phys_last = now;
+            }
         }
         match v {
             Verdict::Same => {}

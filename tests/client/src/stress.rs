@@ -252,6 +252,9 @@ fn debug_locks() -> Option<String> {
 pub fn kernel_health(rep: &mut Reporter, subject: &str, since: usize) {
     match debug_locks() {
         Some(v) if v == "1" => rep.pass(subject, "debug_locks"),
+        Some(_) if crate::checks::lockdep_off_at_start() => rep.note(&format!(
+            "{subject} debug_locks: off before the tests began (a report at boot); not counted"
+        )),
         Some(v) => rep.fail(
             subject,
             "debug_locks",

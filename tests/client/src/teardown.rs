@@ -1,15 +1,18 @@
-//! `vfio-test teardown unbind|remove EDU_BDF` and `vfio-test teardown unplug EDU_BDF
-//! QEMU_ID`: the driver goes away from a function that a
-//! process still uses, with live state: the device fd open with a BAR mapping, an exported
-//! DMABUF, an MSI vector, an ioeventfd and the REQ eventfd. (edu: its registers have no side
-//! effects worth fearing; no device of the VM with MSI-X has such registers.)
+//! `vfio-test teardown unbind|remove BDF` and `vfio-test teardown unplug BDF QEMU_ID`: the
+//! driver goes away from a function that a process still uses, with live state: the device fd
+//! open with a BAR mapping, an exported DMABUF, MSI or MSI-X vectors, an ioeventfd and the
+//! REQ eventfd. The function is an edu (MSI; its registers have no side effects worth
+//! fearing, so the holder writes BAR0 and fires the ioeventfd) or an igb (MSI-X; its
+//! registers drive DMA and the link, so the holder only reads BAR0 and never fires the
+//! ioeventfd).
 //!
 //! A forked holder sets the state up; the client then unbinds the function from its driver
 //! (`unbind`, through sysfs) or removes it from the bus (`remove`, as a hot-unplug does from
-//! the PCI core down), or has QEMU unplug it (`unplug`, see [`unplug`]). Checked, with C's
+//! the PCI core down), unloads its module (`rmmod`, see [`rmmod`]), or has QEMU unplug it
+//! (`unplug`, see [`unplug`]). Checked, with C's
 //! behaviour as the expectation:
 //!
-//! - `setup`: the holder's state is in place, and the ioeventfd writes its data to BAR0;
+//! - `setup`: the holder's state is in place, and (edu) the ioeventfd writes its data to BAR0;
 //! - `req-signalled`: the driver asks for the device back through REQ;
 //! - `removal-waits`: the unbind or removal waits while the device is in use;
 //! - `mapping-live`: the holder's BAR mapping still works while the removal waits;
@@ -17,7 +20,13 @@
 //!   unbind waits until the munmap, then returns; the holder exits 0;
 //! - `remove`: the holder is killed with everything live; the removal returns, and a rescan
 //!   brings the function back;
-//! - `rebind`: the function binds to the driver again and its BAR0 works.
+//! - `rmmod`: `refused-open`, `refused-mapping`: unloading the driver's module is refused
+//!   (EWOULDBLOCK) while the device is open, then while only its BAR mapping and the DMABUF
+//!   live; `dmabuf-pins-exporter`: after the munmap (the device closes, its DMABUF is revoked)
+//!   vfio-pci unloads but vfio_pci_core, whose ops the DMABUF uses, is refused, as
+//!   vfio-pci-rs is; `released`: closing the DMABUF lets it unload; `reload`: it loads again;
+//! - `rebind`: the function binds to the driver again and its BAR0 works (edu: a write reads
+//!   back; igb: a read succeeds).
 //!
 //! Each check is a `PASS|FAIL teardown <driver> <mode> <check>` line; the run ends with
 //! `N passed, N failed` (exit 1 if any failed).
@@ -58,6 +67,16 @@ const CHECKS_REMOVE: &[&str] = &[
     "rescan",
     "rebind",
 ];
+const CHECKS_RMMOD: &[&str] = &[
+    "setup",
+    "refused-open",
+    "refused-mapping",
+    "dmabuf-pins-exporter",
+    "released",
+    "holder-exit",
+    "reload",
+    "rebind",
+];
 const CHECKS_UNPLUG: &[&str] = &[
     "setup",
     "qmp-device-del",
@@ -76,9 +95,37 @@ enum Mode {
     Unbind,
     /// Through its sysfs `remove`, as the PCI core removes a function.
     Remove,
+    /// By unloading the driver's module, which the live state must keep loaded.
+    Rmmod,
     /// By QEMU: `device_del` of the device at QEMU id `slot` (a PCIe hot-unplug through the
     /// guest's pciehp), then `device_add` of the same device.
     Unplug(String),
+}
+
+/// The function under test, by its IDs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// QEMU edu (1234:11e8): MSI, one vector.
+    Edu,
+    /// QEMU igb (8086:10c9): MSI-X, [`IGB_VECTORS`] vectors.
+    Igb,
+}
+
+/// MSI-X vectors the holder enables on igb (it has 25).
+const IGB_VECTORS: usize = 4;
+
+fn kind_of(bdf: &str) -> Result<Kind, String> {
+    let id = |f: &str| {
+        let path = sysfs::device_dir(bdf).join(f);
+        std::fs::read_to_string(&path)
+            .map(|s| s.trim().to_string())
+            .map_err(|e| format!("{}: {}", path.display(), err_name(&e)))
+    };
+    match (id("vendor")?.as_str(), id("device")?.as_str()) {
+        ("0x1234", "0x11e8") => Ok(Kind::Edu),
+        ("0x8086", "0x10c9") => Ok(Kind::Igb),
+        (v, d) => Err(format!("{bdf} is {v}:{d}, neither edu nor igb")),
+    }
 }
 
 const BAR0: u32 = 0;
@@ -134,19 +181,36 @@ fn set_irq_eventfds(dev: &File, index: u32, fds: &[RawFd]) -> Result<(), String>
         .map_err(|e| format!("SET_IRQS index {index}: {}", err_name(&e)))
 }
 
+/// Waits up to 2 s for edu's liveness register to show the ioeventfd's write.
+fn ioeventfd_wrote(dev: &File) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let got = rd(dev, BAR0, IOEVENTFD_AT, 4).map_err(|e| format!("pread: {}", err_name(&e)))?;
+        if got == (!IOEVENTFD_DATA as u32).to_le_bytes() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "the ioeventfd wrote nothing: BAR0 holds {got:02x?}"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// The holder's live state; dropping it closes every fd, but not the mapping.
 struct Live {
     _container: File,
     _group: File,
     _dev: File,
-    _dmabuf: OwnedFd,
-    _vector: OwnedFd,
+    dmabuf: Option<OwnedFd>,
+    _vectors: Vec<OwnedFd>,
     _ioeventfd: OwnedFd,
 }
 
 /// Opens `bdf`, maps a page of BAR0 and sets the state up; the mapping's address is returned
 /// beside it.
-fn set_up(bdf: &str, req: RawFd) -> Result<(Live, u64), String> {
+fn set_up(bdf: &str, kind: Kind, req: RawFd) -> Result<(Live, u64), String> {
     let (container, group, dev) = open_type1(bdf)?;
     command(&dev, PCI_COMMAND_MEMORY, true)?;
     // SAFETY: a new shared mapping of the device fd; the holder keeps it until it unmaps it.
@@ -167,13 +231,24 @@ fn set_up(bdf: &str, req: RawFd) -> Result<(Live, u64), String> {
         ));
     }
     let addr = map as u64;
-    if !faultsafe::write64(addr + WORD, WORD_VALUE) {
-        return Err("SIGBUS writing the fresh mapping".into());
+    let touched = match kind {
+        Kind::Edu => faultsafe::write64(addr + WORD, WORD_VALUE),
+        Kind::Igb => faultsafe::read64(addr).is_some(),
+    };
+    if !touched {
+        return Err("SIGBUS on the fresh mapping".into());
     }
     let dmabuf = dmabuf_export(&dev, BAR0, 0, MAP_LEN as u64)
         .map_err(|e| format!("VFIO_DEVICE_FEATURE_DMA_BUF: {}", err_name(&e)))?;
-    let vector = new_eventfd()?;
-    set_irq_eventfds(&dev, uapi::VFIO_PCI_MSI_IRQ_INDEX, &[vector.as_raw_fd()])?;
+    let (index, n) = match kind {
+        Kind::Edu => (uapi::VFIO_PCI_MSI_IRQ_INDEX, 1),
+        Kind::Igb => (uapi::VFIO_PCI_MSIX_IRQ_INDEX, IGB_VECTORS),
+    };
+    let vectors = (0..n)
+        .map(|_| new_eventfd())
+        .collect::<Result<Vec<_>, _>>()?;
+    let raw: Vec<RawFd> = vectors.iter().map(|v| v.as_raw_fd()).collect();
+    set_irq_eventfds(&dev, index, &raw)?;
     set_irq_eventfds(&dev, uapi::VFIO_PCI_REQ_IRQ_INDEX, &[req])?;
     let ioeventfd = new_eventfd()?;
     let mut arg = uapi::VfioDeviceIoeventfd {
@@ -186,27 +261,16 @@ fn set_up(bdf: &str, req: RawFd) -> Result<(Live, u64), String> {
     };
     sys::ioctl_struct::<uapi::DeviceIoeventfd>(&dev, &mut arg)
         .map_err(|e| format!("VFIO_DEVICE_IOEVENTFD: {}", err_name(&e)))?;
-    signal(&ioeventfd)?;
-    let deadline = Instant::now() + Duration::from_secs(2);
-    loop {
-        let got =
-            rd(&dev, BAR0, IOEVENTFD_AT, 4).map_err(|e| format!("pread: {}", err_name(&e)))?;
-        if got == (!IOEVENTFD_DATA as u32).to_le_bytes() {
-            break;
-        }
-        if Instant::now() > deadline {
-            return Err(format!(
-                "the ioeventfd wrote nothing: BAR0 holds {got:02x?}"
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(10));
+    if kind == Kind::Edu {
+        signal(&ioeventfd)?;
+        ioeventfd_wrote(&dev)?;
     }
     let live = Live {
         _container: container,
         _group: group,
         _dev: dev,
-        _dmabuf: dmabuf,
-        _vector: vector,
+        dmabuf: Some(dmabuf),
+        _vectors: vectors,
         _ioeventfd: ioeventfd,
     };
     Ok((live, addr))
@@ -242,11 +306,11 @@ fn read_line(f: &mut File) -> String {
 }
 
 /// The holder process: sets up, reports, then does what each line from the client says.
-fn holder_main(bdf: &str, req: RawFd, mut cmds: File, mut out: File) -> ! {
+fn holder_main(bdf: &str, kind: Kind, req: RawFd, mut cmds: File, mut out: File) -> ! {
     let mut say = |s: &str| {
         let _ = out.write_all(format!("{s}\n").as_bytes());
     };
-    let (live, addr) = match set_up(bdf, req) {
+    let (live, addr) = match set_up(bdf, kind, req) {
         Ok(x) => x,
         Err(e) => {
             say(&format!("error {e}"));
@@ -256,15 +320,28 @@ fn holder_main(bdf: &str, req: RawFd, mut cmds: File, mut out: File) -> ! {
     };
     say("ready");
     let mut live = Some(live);
+    let mut dmabuf: Option<OwnedFd> = None;
     loop {
         match read_line(&mut cmds).as_str() {
-            "touch" => match faultsafe::read64(addr + WORD) {
-                Some(v) if v == WORD_VALUE => say("ok"),
-                Some(v) => say(&format!("read {v:#x}")),
-                None => say("SIGBUS"),
+            "touch" => match (kind, faultsafe::read64(addr + WORD)) {
+                (Kind::Edu, Some(v)) if v != WORD_VALUE => say(&format!("read {v:#x}")),
+                (_, Some(_)) => say("ok"),
+                (_, None) => say("SIGBUS"),
             },
             "close" => {
                 drop(live.take());
+                drop(dmabuf.take());
+                say("ok");
+            }
+            // Everything but the exported DMABUF (and the mapping).
+            "close-device" => {
+                if let Some(mut l) = live.take() {
+                    dmabuf = l.dmabuf.take();
+                }
+                say("ok");
+            }
+            "close-dmabuf" => {
+                drop(dmabuf.take());
                 say("ok");
             }
             "munmap" => {
@@ -279,7 +356,7 @@ fn holder_main(bdf: &str, req: RawFd, mut cmds: File, mut out: File) -> ! {
 }
 
 impl Holder {
-    fn start(bdf: &str, req: RawFd) -> Result<(Self, String), String> {
+    fn start(bdf: &str, kind: Kind, req: RawFd) -> Result<(Self, String), String> {
         let (cmd_r, cmd_w) = pipe()?;
         let (out_r, out_w) = pipe()?;
         // SAFETY: the client is single-threaded here; the child runs holder_main and leaves
@@ -291,7 +368,7 @@ impl Holder {
         if pid == 0 {
             drop(cmd_w);
             drop(out_r);
-            holder_main(bdf, req, cmd_r, out_w);
+            holder_main(bdf, kind, req, cmd_r, out_w);
         }
         let mut h = Holder {
             pid,
@@ -425,10 +502,15 @@ fn wait_path(path: &std::path::Path, present: bool, limit: Duration) -> Result<(
 }
 
 /// Binds `bdf` to `driver` again and checks that BAR0 works.
-fn rebind(bdf: &str, driver: &str) -> Result<(), String> {
+fn rebind(bdf: &str, driver: &str, kind: Kind) -> Result<(), String> {
     sysfs::bind(bdf, driver).map_err(|e| format!("bind: {e}"))?;
     let (_container, _group, dev) = open_type1(bdf)?;
     command(&dev, PCI_COMMAND_MEMORY, true)?;
+    if kind == Kind::Igb {
+        return rd(&dev, BAR0, 0, 4)
+            .map(|_| ())
+            .map_err(|e| format!("pread: {}", err_name(&e)));
+    }
     let v = 0x7ea2_d0e5u32;
     wr(&dev, BAR0, IOEVENTFD_AT, &v.to_le_bytes())
         .map_err(|e| format!("pwrite: {}", err_name(&e)))?;
@@ -439,20 +521,24 @@ fn rebind(bdf: &str, driver: &str) -> Result<(), String> {
 }
 
 fn checks(p: &mut Phase, bdf: &str, driver: &str, mode: &Mode) -> Result<(), Stop> {
-    let (req, mut holder) = p.step(
+    let (kind, req, mut holder) = p.step(
         "setup",
         (|| {
+            let kind = kind_of(bdf)?;
             let req = new_eventfd()?;
-            let (holder, first) = Holder::start(bdf, req.as_raw_fd())?;
+            let (holder, first) = Holder::start(bdf, kind, req.as_raw_fd())?;
             if first != "ready" {
                 return Err(format!("holder: {first}"));
             }
-            Ok((req, holder))
+            Ok((kind, req, holder))
         })(),
     )?;
     let sysfs_dir = sysfs::device_dir(bdf);
     if let Mode::Unplug(slot) = mode {
-        return unplug(p, bdf, driver, slot, &req, holder);
+        return unplug(p, bdf, driver, kind, slot, &req, holder);
+    }
+    if *mode == Mode::Rmmod {
+        return rmmod(p, bdf, driver, kind, holder);
     }
     let remove = *mode == Mode::Remove;
     let rx = if remove {
@@ -510,7 +596,85 @@ fn checks(p: &mut Phase, bdf: &str, driver: &str, mode: &Mode) -> Result<(), Sto
         let st = holder.wait();
         p.result("holder-exit", if st == "exit 0" { Ok(()) } else { Err(st) });
     }
-    p.result("rebind", rebind(bdf, driver));
+    p.result("rebind", rebind(bdf, driver, kind));
+    Ok(())
+}
+
+/// `delete_module(2)` of `module`, as `rmmod` does it (O_NONBLOCK: refused, not waited for,
+/// while the module is in use).
+fn delete_module(module: &str) -> io::Result<()> {
+    let name = std::ffi::CString::new(module).expect("a module name has no NUL");
+    // SAFETY: a NUL-terminated name and flags; the kernel copies the name.
+    let r = unsafe { libc::syscall(libc::SYS_delete_module, name.as_ptr(), libc::O_NONBLOCK) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Ok if unloading `module` is refused as in use (`EWOULDBLOCK`).
+fn rmmod_refused(module: &str) -> Result<(), String> {
+    match delete_module(module) {
+        Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => Ok(()),
+        Err(e) => Err(format!("rmmod {module}: {}, not EWOULDBLOCK", err_name(&e))),
+        Ok(()) => Err(format!("rmmod {module} succeeded while in use")),
+    }
+}
+
+fn rmmod_ok(module: &str) -> Result<(), String> {
+    delete_module(module).map_err(|e| format!("rmmod {module}: {}", err_name(&e)))
+}
+
+/// The module whose `dma_buf_ops` an exported DMABUF of `driver` uses, which the DMABUF holds:
+/// vfio-pci's DMABUFs are vfio_pci_core's (vfio_pci_dmabuf.c is part of vfio-pci-core.ko),
+/// vfio-pci-rs is one module.
+fn dmabuf_exporter(driver: &str) -> String {
+    match driver {
+        "vfio-pci" => "vfio_pci_core".into(),
+        _ => sysfs::module_for_driver(driver),
+    }
+}
+
+/// The module goes while a process has the function: the open device (through the VFIO core's
+/// module reference) and the device's BAR mapping (which holds the device open) keep the
+/// driver's module; an exported DMABUF, revoked once the device is closed, keeps only the
+/// module of its ops; with everything closed the module unloads, and loads and binds again.
+fn rmmod(
+    p: &mut Phase,
+    bdf: &str,
+    driver: &str,
+    kind: Kind,
+    mut holder: Holder,
+) -> Result<(), Stop> {
+    let module = sysfs::module_for_driver(driver);
+    let exporter = dmabuf_exporter(driver);
+    p.result("refused-open", rmmod_refused(&module));
+    p.result(
+        "refused-mapping",
+        expect_ok("close-device", holder.ask("close-device"))
+            .and_then(|()| rmmod_refused(&module))
+            .and_then(|()| expect_ok("touch after close", holder.ask("touch"))),
+    );
+    // vfio-pci unloads here: its function is closed, and the DMABUF is not its own.
+    p.result(
+        "dmabuf-pins-exporter",
+        expect_ok("munmap", holder.ask("munmap")).and_then(|()| {
+            if exporter != module {
+                rmmod_ok(&module)?;
+            }
+            rmmod_refused(&exporter)
+        }),
+    );
+    p.result(
+        "released",
+        expect_ok("close-dmabuf", holder.ask("close-dmabuf")).and_then(|()| rmmod_ok(&exporter)),
+    );
+    let _ = holder.to.write_all(b"exit\n");
+    let st = holder.wait();
+    p.result("holder-exit", if st == "exit 0" { Ok(()) } else { Err(st) });
+    p.step("reload", sysfs::ensure_driver(driver))?;
+    p.result("rebind", rebind(bdf, driver, kind));
     Ok(())
 }
 
@@ -522,6 +686,7 @@ fn unplug(
     p: &mut Phase,
     bdf: &str,
     driver: &str,
+    kind: Kind,
     slot: &str,
     req: &OwnedFd,
     mut holder: Holder,
@@ -571,11 +736,11 @@ fn unplug(
     // own probe): one run in a full boot saw VFIO_GROUP_GET_DEVICE_FD fail with ENODEV right
     // after a successful bind to vfio-pci. Tries again for up to 2 s, saying so, and reports
     // the kernel log's lines about the function if it never works.
-    let mut r = rebind(bdf, driver);
+    let mut r = rebind(bdf, driver, kind);
     let mut tries = 1;
     while r.is_err() && tries < 10 {
         std::thread::sleep(Duration::from_millis(200));
-        r = rebind(bdf, driver);
+        r = rebind(bdf, driver, kind);
         tries += 1;
     }
     if tries > 1 {
@@ -597,19 +762,21 @@ fn unplug(
 }
 
 /// Runs the teardown of `mode` (`unbind`, `remove` or `unplug` with the function's QEMU
-/// device id `slot`) on edu `bdf`, bound to a VFIO driver; leaves it bound to that driver
+/// device id `slot`) on edu or igb `bdf`, bound to a VFIO driver; leaves it bound to that driver
 /// again.
 pub fn run(mode: &str, bdf: &str, slot: Option<&str>) -> ExitCode {
     let mut rep = Reporter::stdout();
     let driver = driver_name(bdf);
     let mode = match (mode, slot) {
         ("remove", _) => Mode::Remove,
+        ("rmmod", _) => Mode::Rmmod,
         ("unplug", Some(slot)) => Mode::Unplug(slot.to_string()),
         _ => Mode::Unbind,
     };
     let (names, name) = match &mode {
         Mode::Unbind => (CHECKS_UNBIND, "unbind"),
         Mode::Remove => (CHECKS_REMOVE, "remove"),
+        Mode::Rmmod => (CHECKS_RMMOD, "rmmod"),
         Mode::Unplug(_) => (CHECKS_UNPLUG, "unplug"),
     };
     let mut p = Phase::new(&mut rep, format!("teardown {driver} {name}"), names);
