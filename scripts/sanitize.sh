@@ -22,6 +22,14 @@ mode=${1:-sanitize}
 # KASAN's shadow takes an eighth of memory, kmemleak and SLUB_RCU_DEBUG keep more alive.
 export VM_MEMORY=${VM_MEMORY:-4G}
 export VM_TIMEOUT=${VM_TIMEOUT:-10800}
+# Under KASAN and TCG, udev's coldplug alone ran for more than 180 s without a line: the
+# stall detector of scripts/vm.sh waits longer here.
+export VM_STALL_SECS=${VM_STALL_SECS:-900}
+# no5lvl: with 5-level paging (QEMU's TCG CPU has LA57), an interrupt while identify_cpu()
+# has cleared the boot CPU's capabilities makes pgtable_l5_enabled() false for a moment, and
+# KASAN takes a direct-map address (0xff11...) for a wild access ("wild-memory-access in
+# do_raw_spin_lock" from handle_edge_irq): a false report that turns lockdep off for the boot.
+export VM_APPEND="no5lvl${VM_APPEND:+ $VM_APPEND}"
 start=$SECONDS
 case "$mode" in
 sanitize)

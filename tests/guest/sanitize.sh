@@ -19,7 +19,7 @@ SANITIZE_FUZZ_SEED=${SANITIZE_FUZZ_SEED:-14}
 KMEMLEAK=/sys/kernel/debug/kmemleak
 
 echo "== sanitize: kernel $(uname -r), $(nproc) cpus, $(($(grep MemTotal /proc/meminfo | awk '{print $2}') / 1024)) MiB"
-if [ -n "${SANITIZE_CONFIG:-}" ]; then
+if [ -n "${SANITIZE_CONFIG:-}" ] && [ -e /proc/config.gz ]; then
 	# The fragment's symbols, as the running kernel has them.
 	grep -E '^CONFIG_' "$SANITIZE_CONFIG" | cut -d= -f1 | while read -r sym; do
 		if zcat /proc/config.gz 2>/dev/null | grep -qx "$sym=y"; then echo "# $sym=y"; else echo "# $sym not set"; fi
