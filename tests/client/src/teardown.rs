@@ -1,4 +1,4 @@
-//! `vfio-test teardown unbind|remove BDF` and `vfio-test teardown unplug BDF QEMU_ID`: the
+//! `vfio-test teardown unbind|remove|rmmod BDF` and `vfio-test teardown unplug BDF QEMU_ID`: the
 //! driver goes away from a function that a process still uses, with live state: the device fd
 //! open with a BAR mapping, an exported DMABUF, MSI or MSI-X vectors, an ioeventfd and the
 //! REQ eventfd. The function is an edu (MSI; its registers have no side effects worth
