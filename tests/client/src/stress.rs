@@ -296,9 +296,16 @@ fn act(thread: &str, what: &'static str) {
     ACTIVITY.lock().unwrap().insert(thread.to_string(), what);
 }
 
-/// Watch `phase` from now on: if it is not over within `limit`, the watchdog reports.
+/// Watch `phase` from now on: if it is not over within `limit` (times
+/// `STRESS_WATCHDOG_SCALE`, a whole number, for slow kernels such as the sanitizer's), the
+/// watchdog reports.
 fn watch(phase: &str, limit: Duration) {
-    *PHASE.lock().unwrap() = Some((phase.to_string(), Instant::now(), limit));
+    let scale = std::env::var("STRESS_WATCHDOG_SCALE")
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(1);
+    *PHASE.lock().unwrap() = Some((phase.to_string(), Instant::now(), limit * scale));
 }
 
 fn unwatch() {
