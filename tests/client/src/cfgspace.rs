@@ -140,7 +140,7 @@ pub struct ExtCap {
     pub off: usize,
 }
 
-fn u16_at(b: &[u8], off: usize) -> u16 {
+pub fn u16_at(b: &[u8], off: usize) -> u16 {
     u16::from_le_bytes([b[off], b[off + 1]])
 }
 

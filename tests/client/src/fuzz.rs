@@ -1057,25 +1057,20 @@ pub fn classify(op: &Op, c: &str, rs: &str) -> Verdict {
 /// The physical interrupt state of `bdf` from its sysfs config: COMMAND's INTx disable,
 /// STATUS's interrupt bit (the INTx pin as the function drives it) and MSI enable.
 fn phys_irq_state(bdf: &str) -> String {
+    use crate::cfgspace::{std_caps, u16_at, PCI_CAP_ID_MSI};
     let Ok(cfg) = std::fs::read(crate::sysfs::device_dir(bdf).join("config")) else {
         return "unreadable".into();
     };
-    let word = |at: usize| u16::from_le_bytes([cfg[at], cfg[at + 1]]);
-    let mut msi = "none".to_string();
-    let mut cap = usize::from(cfg[0x34] & !3);
-    let mut hops = 0;
-    while cap >= 0x40 && cap + 4 <= cfg.len() && hops < 48 {
-        if cfg[cap] == 0x05 {
-            msi = format!("{}", word(cap + 2) & 1);
-            break;
-        }
-        cap = usize::from(cfg[cap + 1] & !3);
-        hops += 1;
-    }
+    let msi = std_caps(&cfg)
+        .iter()
+        .find(|c| c.id == PCI_CAP_ID_MSI)
+        .map_or("none".to_string(), |c| {
+            format!("{}", u16_at(&cfg, c.off + 2) & 1)
+        });
     format!(
         "intx_disable={} intx_pin={} msi_enable={msi}",
-        (word(0x04) >> 10) & 1,
-        (word(0x06) >> 3) & 1
+        (u16_at(&cfg, 0x04) >> 10) & 1,
+        (u16_at(&cfg, 0x06) >> 3) & 1
     )
 }
 
