@@ -48,10 +48,11 @@ run() {
 	echo "# sanitize $part took $((SECONDS - start)) s"
 }
 [ "$SANITIZE_INTEGRATION" = 0 ] || run integration bash tests/guest/run-tests.sh
-# The stress's full data check of the 1 GiB BAR took over 600 s under KASAN: its watchdog's
-# limits are stretched 4 times here.
+# Under KASAN the stress is slower: its watchdog's limits are stretched 4 times here. Its
+# final read of the 1 GiB host file over 9p did not reach 256 MiB in 900 s (vm.sh's stall
+# limit ended the boot), so only data-fill checks the whole BAR (through a mapping).
 [ "$SANITIZE_STRESS_SECS" = 0 ] || run stress env STRESS_SECS="$SANITIZE_STRESS_SECS" \
-	STRESS_WATCHDOG_SCALE=4 bash tests/guest/stress.sh
+	STRESS_WATCHDOG_SCALE=4 STRESS_HOST_FILE_CHECK=0 bash tests/guest/stress.sh
 if [ "$SANITIZE_FUZZ_OPS" != 0 ]; then
 	run fuzz env FUZZ_SEED="$SANITIZE_FUZZ_SEED" FUZZ_OPS="$SANITIZE_FUZZ_OPS" \
 		FUZZ_TWINS="ivshmem pci-testdev edu" bash tests/guest/fuzz.sh

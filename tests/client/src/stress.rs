@@ -1197,33 +1197,43 @@ fn stress_driver(rep: &mut Reporter, bdf: &str, driver: Driver, secs: u64) {
         Ok(()) => rep.pass(&subject, "data-fill"),
         Err(e) => rep.fail(&subject, "data-fill", &e),
     }
-    match ivshmem_files().and_then(|files| check_host_file(&files, bar_size, seed2)) {
-        Ok(fc) if fc.bad_chunks.is_empty() => {
-            rep.note(&format!(
-                "{subject}: {} ({} chunks of 2 MiB) holds the pattern; data check took {:.1} s",
-                fc.file.display(),
-                fc.chunks,
-                t.elapsed().as_secs_f64()
-            ));
-            rep.pass(&subject, "data-host-file");
-        }
-        Ok(fc) => rep.fail(
-            &subject,
-            "data-host-file",
-            &format!(
-                "{}: {} of {} 2 MiB chunks differ from the pattern, first at {}",
-                fc.file.display(),
-                fc.bad_chunks.len(),
-                fc.chunks,
-                fc.bad_chunks
-                    .iter()
-                    .take(8)
-                    .map(|c| format!("0x{:x}", c * M2))
-                    .collect::<Vec<_>>()
-                    .join(" ")
+    // STRESS_HOST_FILE_CHECK=0 (the sanitizer boots): data-fill has written the whole BAR
+    // and read it back through a mapping; the 1 GiB host file is not read again over 9p,
+    // which under KASAN did not reach its first 256 MiB in 15 minutes.
+    if std::env::var("STRESS_HOST_FILE_CHECK").is_ok_and(|v| v == "0") {
+        rep.note(&format!(
+            "{subject}: host file check skipped (STRESS_HOST_FILE_CHECK=0); data-fill took {:.1} s",
+            t.elapsed().as_secs_f64()
+        ));
+    } else {
+        match ivshmem_files().and_then(|files| check_host_file(&files, bar_size, seed2)) {
+            Ok(fc) if fc.bad_chunks.is_empty() => {
+                rep.note(&format!(
+                    "{subject}: {} ({} chunks of 2 MiB) holds the pattern; data check took {:.1} s",
+                    fc.file.display(),
+                    fc.chunks,
+                    t.elapsed().as_secs_f64()
+                ));
+                rep.pass(&subject, "data-host-file");
+            }
+            Ok(fc) => rep.fail(
+                &subject,
+                "data-host-file",
+                &format!(
+                    "{}: {} of {} 2 MiB chunks differ from the pattern, first at {}",
+                    fc.file.display(),
+                    fc.bad_chunks.len(),
+                    fc.chunks,
+                    fc.bad_chunks
+                        .iter()
+                        .take(8)
+                        .map(|c| format!("0x{:x}", c * M2))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                ),
             ),
-        ),
-        Err(e) => rep.fail(&subject, "data-host-file", &e),
+            Err(e) => rep.fail(&subject, "data-host-file", &e),
+        }
     }
 
     // Everything closed: nothing may be left behind.
