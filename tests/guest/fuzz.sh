@@ -7,7 +7,8 @@
 # FUZZ_REPLAY=K: instead of FUZZ_OPS ops, replay ops 0..=K of FUZZ_SEED, printing every op
 # and both outcomes (`vfio-test fuzz --replay K`); FUZZ_FROM=F prints only ops F..=K.
 # FUZZ_TRACE_PHYS=1 with FUZZ_REPLAY also prints each device's physical INTx disable, INTx
-# pin (STATUS.INTERRUPT) and MSI enable from sysfs whenever they change.
+# pin (STATUS.INTERRUPT) and MSI enable from sysfs, and its INTx line's interrupt counts,
+# whenever they change.
 # FUZZ_TWINS: the twin names to fuzz (default: edu ivshmem pci-testdev igb). Not fuzzed: vga
 # (the boot VGA device; its legacy VGA ranges reach the real console) and mixed-bus (its two
 # functions share one bus and IOMMU group: a hot reset or bus reset of one is a reset of the

@@ -1068,10 +1068,44 @@ fn phys_irq_state(bdf: &str) -> String {
             format!("{}", u16_at(&cfg, c.off + 2) & 1)
         });
     format!(
-        "intx_disable={} intx_pin={} msi_enable={msi}",
+        "intx_disable={} intx_pin={} msi_enable={msi} {}",
         (u16_at(&cfg, 0x04) >> 10) & 1,
-        (u16_at(&cfg, 0x06) >> 3) & 1
+        (u16_at(&cfg, 0x06) >> 3) & 1,
+        irq_line_state(bdf)
     )
+}
+
+/// The interrupts the kernel took on `bdf`'s INTx line (`/proc/interrupts`, all CPUs) and its
+/// spurious-interrupt accounting (`/proc/irq/N/spurious`: handled count, unhandled count).
+fn irq_line_state(bdf: &str) -> String {
+    let Some(irq) = std::fs::read_to_string(crate::sysfs::device_dir(bdf).join("irq"))
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+    else {
+        return "irq=?".into();
+    };
+    let taken: u64 = std::fs::read_to_string("/proc/interrupts")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            let (n, rest) = l.trim_start().split_once(':')?;
+            (n == irq.to_string()).then(|| {
+                rest.split_whitespace()
+                    .map_while(|w| w.parse::<u64>().ok())
+                    .sum()
+            })
+        })
+        .unwrap_or(0);
+    let spurious = std::fs::read_to_string(format!("/proc/irq/{irq}/spurious"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .chunks(2)
+        .filter(|kv| kv[0] == "count" || kv[0] == "unhandled")
+        .map(|kv| kv.join("="))
+        .collect::<Vec<_>>()
+        .join(" ");
+    format!("irq={irq} taken={taken} {spurious}")
 }
 
 /// `hex` of `data` read at `off`, with the bytes `mask` marks (indexed from 0) as `..`.
