@@ -1084,12 +1084,13 @@ fn irq_line_state(bdf: &str) -> String {
     else {
         return "irq=?".into();
     };
+    let key = irq.to_string();
     let taken: u64 = std::fs::read_to_string("/proc/interrupts")
         .unwrap_or_default()
         .lines()
         .find_map(|l| {
             let (n, rest) = l.trim_start().split_once(':')?;
-            (n == irq.to_string()).then(|| {
+            (n == key).then(|| {
                 rest.split_whitespace()
                     .map_while(|w| w.parse::<u64>().ok())
                     .sum()
